@@ -1,0 +1,71 @@
+// Combine pass: out = w . G, one read of G and one write of out, accumulated in acc_t over the
+// T rows of each column tile.
+#include <ATen/Parallel.h>
+
+#include "cpu/cpu_common.h"
+#include "cpu/cpu_ops.h"
+
+namespace fastmtl::cpu {
+namespace {
+
+template <typename scalar_t>
+FASTMTL_ALWAYS_INLINE void combine_range(const scalar_t* G, int64_t T, int64_t row_stride,
+                                         const acc_type<scalar_t>* w, int64_t begin, int64_t end, scalar_t* out) {
+  using acc_t = acc_type<scalar_t>;
+  acc_t acc[kTileColumns];
+  for (int64_t c0 = begin; c0 < end; c0 += kTileColumns) {
+    const int64_t len = std::min(kTileColumns, end - c0);
+    for (int64_t t = 0; t < len; ++t) acc[t] = 0;
+    for (int64_t i = 0; i < T; ++i) {
+      const scalar_t* row = G + i * row_stride + c0;
+      const acc_t wi = w[i];
+      for (int64_t t = 0; t < len; ++t) acc[t] += wi * to_acc<acc_t>(row[t]);
+    }
+    for (int64_t t = 0; t < len; ++t) out[c0 + t] = static_cast<scalar_t>(acc[t]);
+  }
+}
+
+void check_weights(const at::Tensor& grads, const at::Tensor& weights) {
+  TORCH_CHECK(weights.dim() == 1 && weights.size(0) == grads.size(0), "fastmtl: weights must be [T] = [",
+              grads.size(0), "], got ", weights.sizes());
+  TORCH_CHECK(weights.device() == grads.device(), "fastmtl: weights and grads must be on the same device");
+  TORCH_CHECK(at::isFloatingType(weights.scalar_type()), "fastmtl: weights must be floating-point");
+}
+
+}  // namespace
+
+void combine_into_cpu(const at::Tensor& grads_in, const at::Tensor& weights, const at::Tensor& out) {
+  check_task_matrix(grads_in, "grads");
+  check_weights(grads_in, weights);
+  TORCH_CHECK(out.dim() == 1 && out.size(0) == grads_in.size(1), "fastmtl: out must be [P] = [", grads_in.size(1),
+              "], got ", out.sizes());
+  TORCH_CHECK(out.scalar_type() == grads_in.scalar_type(), "fastmtl: out dtype ", out.scalar_type(),
+              " differs from grads dtype ", grads_in.scalar_type());
+  TORCH_CHECK(out.device() == grads_in.device(), "fastmtl: out and grads must be on the same device");
+  if (!out.is_contiguous()) {  // write densely, then scatter once
+    out.copy_(combine_cpu(grads_in, weights));
+    return;
+  }
+  const at::Tensor grads = rows_contiguous(grads_in);
+  const int64_t T = grads.size(0), P = grads.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads.scalar_type(), "fastmtl_combine_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const at::Tensor w = weights.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    const acc_t* wp = w.const_data_ptr<acc_t>();
+    const scalar_t* G = grads.const_data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const int64_t row_stride = grads.stride(0);
+    at::parallel_for(0, P, kChunkColumns / 2, [&](int64_t begin, int64_t end) {
+      run_best_isa([&]() FASTMTL_KERNEL_BODY { combine_range(G, T, row_stride, wp, begin, end, o); });
+    });
+  });
+}
+
+at::Tensor combine_cpu(const at::Tensor& grads, const at::Tensor& weights) {
+  check_task_matrix(grads, "grads");
+  at::Tensor out = at::empty({grads.size(1)}, grads.options().memory_format(at::MemoryFormat::Contiguous));
+  combine_into_cpu(grads, weights, out);
+  return out;
+}
+
+}  // namespace fastmtl::cpu

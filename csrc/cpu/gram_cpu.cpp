@@ -1,0 +1,110 @@
+// Gram pass: one read of G [T, P] -> K = G G^T [T, T].
+// Column chunks run in parallel; inside a chunk, tiles of kTileColumns columns are dotted
+// row i against four rows j at a time (five loads feed four independent FMA chains), so the
+// pass stays memory-bound up to T = 16. Tile sums are added into per-chunk double partials,
+// which are reduced in chunk order: the result does not depend on the thread count.
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "cpu/cpu_common.h"
+#include "cpu/cpu_ops.h"
+
+namespace fastmtl::cpu {
+namespace {
+
+template <typename acc_t>
+constexpr int lanes_for() {
+  return 64 / sizeof(acc_t);  // two AVX2 registers per accumulator chain
+}
+
+// out[j] = x_i . x_j[j] over len elements, for NJ rows j at once.
+template <int NJ, typename acc_t>
+FASTMTL_ALWAYS_INLINE void dot_rows(const acc_t* xi, const acc_t* const* xj, int64_t len, acc_t* out) {
+  constexpr int L = lanes_for<acc_t>();
+  acc_t acc[NJ][L] = {};
+  int64_t c = 0;
+  for (; c + L <= len; c += L) {
+    for (int j = 0; j < NJ; ++j) {
+      for (int l = 0; l < L; ++l) acc[j][l] += xi[c + l] * xj[j][c + l];
+    }
+  }
+  for (int j = 0; j < NJ; ++j) {
+    acc_t s = 0;
+    for (int l = 0; l < L; ++l) s += acc[j][l];
+    for (int64_t t = c; t < len; ++t) s += xi[t] * xj[j][t];
+    out[j] = s;
+  }
+}
+
+template <typename scalar_t>
+FASTMTL_ALWAYS_INLINE void gram_chunk(const scalar_t* G, int64_t T, int64_t row_stride, int64_t begin, int64_t end,
+                                      double* partial) {
+  using acc_t = acc_type<scalar_t>;
+  constexpr bool kConvert = !std::is_same<scalar_t, acc_t>::value;
+  std::vector<acc_t> converted(kConvert ? T * kTileColumns : 0);
+  std::vector<const acc_t*> rows(T);
+  acc_t dots[4];
+  for (int64_t c0 = begin; c0 < end; c0 += kTileColumns) {
+    const int64_t len = std::min(kTileColumns, end - c0);
+    for (int64_t i = 0; i < T; ++i) {
+      const scalar_t* src = G + i * row_stride + c0;
+      if constexpr (kConvert) {
+        acc_t* dst = converted.data() + i * kTileColumns;
+        for (int64_t t = 0; t < len; ++t) dst[t] = to_acc<acc_t>(src[t]);
+        rows[i] = dst;
+      } else {
+        rows[i] = src;
+      }
+    }
+    for (int64_t i = 0; i < T; ++i) {
+      int64_t j = i;
+      for (; j + 4 <= T; j += 4) {
+        dot_rows<4>(rows[i], &rows[j], len, dots);
+        for (int k = 0; k < 4; ++k) partial[i * T + j + k] += dots[k];
+      }
+      const int64_t rest = T - j;
+      if (rest == 3) dot_rows<3>(rows[i], &rows[j], len, dots);
+      if (rest == 2) dot_rows<2>(rows[i], &rows[j], len, dots);
+      if (rest == 1) dot_rows<1>(rows[i], &rows[j], len, dots);
+      for (int64_t k = 0; k < rest; ++k) partial[i * T + j + k] += dots[k];
+    }
+  }
+}
+
+}  // namespace
+
+at::Tensor gram_cpu(const at::Tensor& grads_in) {
+  check_task_matrix(grads_in, "grads");
+  const at::Tensor grads = rows_contiguous(grads_in);
+  const int64_t T = grads.size(0), P = grads.size(1);
+  const int64_t chunks = chunk_count(P);
+  std::vector<double> partials(chunks * T * T, 0.0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads.scalar_type(), "fastmtl_gram_cpu", [&] {
+    const scalar_t* G = grads.const_data_ptr<scalar_t>();
+    const int64_t row_stride = grads.stride(0);
+    at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+      for (int64_t chunk = first; chunk < last; ++chunk) {
+        const int64_t begin = chunk * kChunkColumns, end = std::min(P, begin + kChunkColumns);
+        double* partial = partials.data() + chunk * T * T;
+        run_best_isa([&]() FASTMTL_KERNEL_BODY { gram_chunk(G, T, row_stride, begin, end, partial); });
+      }
+    });
+  });
+  // Reduce chunks in order, then mirror the upper triangle.
+  std::vector<double> total(T * T, 0.0);
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    for (int64_t e = 0; e < T * T; ++e) total[e] += partials[chunk * T * T + e];
+  }
+  const auto out_dtype = grads.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor K = at::empty({T, T}, grads.options().dtype(out_dtype));
+  AT_DISPATCH_FLOATING_TYPES(out_dtype, "fastmtl_gram_cpu_out", [&] {
+    scalar_t* k = K.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < T; ++i) {
+      for (int64_t j = i; j < T; ++j) k[i * T + j] = k[j * T + i] = static_cast<scalar_t>(total[i * T + j]);
+    }
+  });
+  return K;
+}
+
+}  // namespace fastmtl::cpu

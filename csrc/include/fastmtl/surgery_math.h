@@ -1,0 +1,75 @@
+#pragma once
+// Scalar maths shared by the CPU and CUDA kernels: the PCGrad solve in Gram space and the
+// GradDrop sign purity and keep mask. Plain C++, no libtorch, so CTest can check it alone.
+#include <cstdint>
+
+#include "fastmtl/macros.h"
+
+namespace fastmtl {
+
+// True when x is neither NaN nor +-Inf (x - x is NaN for both). Portable to device code.
+template <typename T>
+FASTMTL_HOST_DEVICE inline bool is_finite_value(T x) {
+  return (x - x) == (x - x);
+}
+
+// PCGrad projection (Yu et al. 2020, Alg. 1): when g_i . g_j < 0, g_i -= (g_i . g_j / |g_j|^2) g_j.
+// Returns the coefficient of g_j to subtract; 0 when there is no conflict or g_j has zero norm
+// (a zero-gradient task is skipped, never divided by).
+template <typename acc_t>
+FASTMTL_HOST_DEVICE inline acc_t projection_coefficient(acc_t dot_ij, acc_t norm_sq_j) {
+  return (dot_ij < acc_t(0) && norm_sq_j > acc_t(0)) ? dot_ij / norm_sq_j : acc_t(0);
+}
+
+// Exact PCGrad in Gram space (DESIGN.md §1). Each projected gradient g_i^PC = sum_k a_ik g_k is
+// kept as its coefficients a_i, starting at e_i; for j != i in order, d = (a_i K)_j and
+// a_ij -= d / K_jj when d < 0. The combined gradient is sum_i g_i^PC, so w = sum_i a_i.
+//   K      T x T Gram matrix, row-major, contiguous
+//   order  T x T, row i = the order in which task i meets the others (entries equal to i, or
+//          outside [0, T), are skipped), or nullptr for index order
+//   a      scratch of T
+//   w      output of T
+// A non-finite K makes every weight NaN so that the failure is visible downstream.
+template <typename acc_t, typename index_t>
+FASTMTL_HOST_DEVICE inline void pcgrad_solve(const acc_t* K, int64_t T, const index_t* order, acc_t* a,
+                                             acc_t* w) {
+  bool finite = true;
+  for (int64_t e = 0; e < T * T; ++e) finite = finite && is_finite_value(K[e]);
+  for (int64_t k = 0; k < T; ++k) w[k] = finite ? acc_t(0) : acc_t(0) / acc_t(0);
+  if (!finite) return;
+  for (int64_t i = 0; i < T; ++i) {
+    for (int64_t k = 0; k < T; ++k) a[k] = acc_t(k == i);
+    for (int64_t step = 0; step < T; ++step) {
+      const int64_t j = order ? static_cast<int64_t>(order[i * T + step]) : step;
+      if (j == i || j < 0 || j >= T) continue;
+      acc_t dot = 0;  // (g_i^PC . g_j) = sum_k a_ik K_kj
+      for (int64_t k = 0; k < T; ++k) dot += a[k] * K[k * T + j];
+      a[j] -= projection_coefficient(dot, K[j * T + j]);
+    }
+    for (int64_t k = 0; k < T; ++k) w[k] += a[k];
+  }
+}
+
+// GradDrop sign purity (Chen et al. 2020): P = 1/2 (1 + sum g / sum |g|). A coordinate where
+// every task's gradient is zero has no sign to prefer: P = 1/2 (its output is zero anyway).
+template <typename acc_t>
+FASTMTL_HOST_DEVICE inline acc_t graddrop_purity(acc_t signed_sum, acc_t abs_sum) {
+  return abs_sum > acc_t(0) ? acc_t(0.5) * (acc_t(1) + signed_sum / abs_sum) : acc_t(0.5);
+}
+
+// The factor applied to task i's gradient at one coordinate: leak + (1 - leak) * M_i with
+// M_i = [P > U and g_i > 0] or [P < U and g_i < 0]. g_signed is g_i times the activation sign
+// in the feature-level form. Callers multiply (never select) so NaN/Inf stay visible.
+template <typename acc_t>
+FASTMTL_HOST_DEVICE inline acc_t graddrop_keep_factor(acc_t purity, acc_t uniform, acc_t g_signed, acc_t leak) {
+  const bool keep = (purity > uniform && g_signed > acc_t(0)) || (purity < uniform && g_signed < acc_t(0));
+  return keep ? acc_t(1) : leak;
+}
+
+// sign(x) as -1, 0 or +1 in acc_t; NaN stays NaN so a NaN activation poisons its coordinate.
+template <typename acc_t>
+FASTMTL_HOST_DEVICE inline acc_t sign_of(acc_t x) {
+  return x != x ? x : acc_t(x > acc_t(0)) - acc_t(x < acc_t(0));
+}
+
+}  // namespace fastmtl

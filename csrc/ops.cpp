@@ -1,0 +1,30 @@
+// The single place that declares every fastmtl operator schema, plus the CPU kernels.
+// CUDA kernels register themselves in csrc/cuda/*_cuda.cu with TORCH_LIBRARY_IMPL(fastmtl, CUDA, m);
+// Python registers a fake (meta) kernel for each op in python/fastmtl/_fake.py.
+#include <torch/library.h>
+
+#include "cpu/cpu_ops.h"
+
+TORCH_LIBRARY(fastmtl, m) {
+  // K = G G^T; float32 for half/bfloat16/float32 input, float64 for float64 input.
+  m.def("gram(Tensor grads) -> Tensor");
+  // PCGrad task weights w (sum of the projected gradients = w . G) from the Gram matrix;
+  // order[i] is the order in which task i meets the others (None: index order).
+  m.def("pcgrad_weights(Tensor gram, Tensor? order) -> Tensor");
+  // out = weights . grads, in grads' dtype.
+  m.def("combine(Tensor grads, Tensor weights) -> Tensor");
+  m.def("combine_into(Tensor grads, Tensor weights, Tensor(a!) out) -> ()");
+  // GradDrop combination; seed = int64 [key, offset] of the Philox stream.
+  m.def("graddrop(Tensor grads, Tensor leak, Tensor? signs, Tensor seed) -> Tensor");
+  // Agglomerative clustering of T tasks: int64 labels [T].
+  m.def("cluster_tasks(Tensor similarity, int? n_groups, float? threshold, str linkage) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fastmtl, CPU, m) {
+  m.impl("gram", &fastmtl::cpu::gram_cpu);
+  m.impl("pcgrad_weights", &fastmtl::cpu::pcgrad_weights_cpu);
+  m.impl("combine", &fastmtl::cpu::combine_cpu);
+  m.impl("combine_into", &fastmtl::cpu::combine_into_cpu);
+  m.impl("graddrop", &fastmtl::cpu::graddrop_cpu);
+  m.impl("cluster_tasks", &fastmtl::cpu::cluster_tasks_cpu);
+}

@@ -1,0 +1,40 @@
+"""fastmtl: fast, exact multi-task gradient surgery for PyTorch.
+
+    import fastmtl
+    K = fastmtl.gram(G)                          # G: [T, P] task gradients
+    d = fastmtl.project_conflicts(G)             # PCGrad
+    d = fastmtl.graddrop(G, leak=0.1)            # GradDrop
+    d = fastmtl.aggregate(G, method="pcgrad")    # any method by name
+
+Importing never fails when the compiled extension is absent: ``fastmtl.HAS_EXT`` says whether
+the C++/CUDA kernels are in use; otherwise the pure-PyTorch reference runs.
+"""
+
+from fastmtl import methods
+from fastmtl._ext import HAS_CUDA, HAS_EXT, IMPORT_ERROR, build_info
+from fastmtl.functional import cluster_tasks, cosine_similarity, gram, graddrop, project_conflicts
+
+__version__ = "0.1.0"
+
+
+def aggregate(G, method: str = "pcgrad", **options):
+    """Combine task gradients G [T, P] into one direction [P] with the named method.
+
+    Methods: see ``fastmtl.methods.available()`` (sum, mean, pcgrad, graddrop so far); options
+    go to the method (e.g. ``shuffle=False`` for pcgrad, ``leak=0.2`` for graddrop, ``impl=``).
+    """
+    return methods.get(method)(G, **options)
+
+
+__all__ = [
+    "HAS_CUDA",
+    "HAS_EXT",
+    "IMPORT_ERROR",
+    "aggregate",
+    "build_info",
+    "cluster_tasks",
+    "cosine_similarity",
+    "gram",
+    "graddrop",
+    "project_conflicts",
+]

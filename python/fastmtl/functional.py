@@ -1,0 +1,192 @@
+"""The public ops. Each validates its input (clear ValueError/TypeError), then runs on the
+compiled kernels or on the pure-PyTorch reference according to ``impl``:
+
+* ``"auto"``  the compiled kernel for the tensor's device when there is one, else the reference;
+* ``"cpp"``   the C++ CPU kernels (CPU tensors; errors if the extension is missing);
+* ``"cuda"``  the CUDA kernels (CUDA tensors; errors if the extension has none);
+* ``"torch"`` the pure-PyTorch reference, on any device.
+
+Every op is a pure function of its inputs (and of ``generator`` where it draws random numbers);
+no op reads a tensor value back to the host on the compiled path.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastmtl import _validate, reference
+from fastmtl._ext import HAS_CUDA, HAS_EXT, IMPORT_ERROR
+
+
+def use_extension(impl: str, tensor: torch.Tensor) -> bool:
+    """Whether ``impl`` selects the compiled kernels for ``tensor`` (raises if it cannot)."""
+    _validate.choice(impl, _validate.IMPLS, "impl")
+    device = tensor.device.type
+    if impl == "torch":
+        return False
+    if impl == "auto":
+        return HAS_EXT and (device == "cpu" or (device == "cuda" and HAS_CUDA))
+    if not HAS_EXT:
+        raise RuntimeError(f"impl={impl!r} needs the compiled extension fastmtl._C, which did not load: {IMPORT_ERROR}")
+    if impl == "cpp" and device != "cpu":
+        raise ValueError(f"impl='cpp' runs on CPU tensors, got a tensor on {tensor.device}")
+    if impl == "cuda":
+        if device != "cuda":
+            raise ValueError(f"impl='cuda' runs on CUDA tensors, got a tensor on {tensor.device}")
+        if not HAS_CUDA:
+            raise RuntimeError("impl='cuda': this fastmtl._C was built without CUDA kernels")
+    return True
+
+
+def gram(G: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
+    """Gram matrix K = G Gᵀ of the task gradients G [T, P], one read of G.
+
+    Accumulates in float32 (float64 for float64 input) and returns K in that dtype.
+    NaN/Inf in G propagate into the affected entries of K.
+    """
+    G = _validate.task_matrix(G)
+    if use_extension(impl, G):
+        return torch.ops.fastmtl.gram(G)
+    return reference.gram(G)
+
+
+def cosine_similarity(G: torch.Tensor, *, eps: float = 1e-8, impl: str = "auto") -> torch.Tensor:
+    """Pairwise cosine similarities [T, T] of the task gradients: K_ij / max(|g_i| |g_j|, eps).
+
+    A task with zero gradient has cosine 0 with every task (itself included), never NaN.
+    """
+    return reference.cosine_from_gram(gram(G, impl=impl), eps)
+
+
+def pcgrad_order(tasks: int, *, shuffle: bool, generator: torch.Generator | None, device) -> torch.Tensor | None:
+    """The order in which each task meets the others: row i a random permutation drawn from
+    ``generator`` on ``device`` (no host round-trip), or None for index order."""
+    if not shuffle:
+        return None
+    noise = torch.rand(tasks, tasks, generator=generator, device=device)
+    return noise.argsort(dim=1)
+
+
+def pcgrad_weights(
+    K: torch.Tensor, order: torch.Tensor | None = None, *, impl: str = "auto"
+) -> torch.Tensor:
+    """PCGrad task weights w from the Gram matrix K [T, T]: sum_i g_iᴾᶜ = w · G (exact).
+
+    ``order`` [T, T] int64: row i is the order in which task i is projected against the others
+    (None: index order). A non-finite K gives NaN weights.
+    """
+    if use_extension(impl, K):
+        return torch.ops.fastmtl.pcgrad_weights(K, order)
+    return reference.pcgrad_weights(K, order)
+
+
+def combine(G: torch.Tensor, weights: torch.Tensor, *, out: torch.Tensor | None = None, impl: str = "auto"):
+    """w · G in one pass over G, in G's dtype; written into ``out`` [P] when given."""
+    G = _validate.task_matrix(G)
+    if weights.shape != (G.shape[0],):
+        raise ValueError(f"weights must have shape [T] = [{G.shape[0]}], got {tuple(weights.shape)}")
+    if weights.device != G.device:
+        raise ValueError(f"weights are on {weights.device} but G is on {G.device}")
+    if out is not None:
+        if out.shape != (G.shape[1],):
+            raise ValueError(f"out must have shape [P] = [{G.shape[1]}], got {tuple(out.shape)}")
+        _validate.same_device_and_dtype(out, G, "out")
+    if use_extension(impl, G):
+        if out is None:
+            return torch.ops.fastmtl.combine(G, weights)
+        torch.ops.fastmtl.combine_into(G, weights, out)
+        return out
+    result = reference.combine(G, weights)
+    return result if out is None else out.copy_(result)
+
+
+def project_conflicts(
+    G: torch.Tensor,
+    *,
+    reduction: str = "sum",
+    shuffle: bool = True,
+    generator: torch.Generator | None = None,
+    out: torch.Tensor | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """PCGrad (Yu et al. 2020, Alg. 1) on the task gradients G [T, P]; returns the combined [P].
+
+    For each task i and each other task j in random order (``shuffle=False``: index order),
+    g_iᴾᶜ -= (g_iᴾᶜ·g_j / |g_j|²) g_j whenever g_iᴾᶜ·g_j < 0, always against the ORIGINAL g_j.
+    Returns sum_i g_iᴾᶜ (``reduction="mean"``: divided by T). Computed exactly in Gram space:
+    one read of G for K, a T×T solve, one read of G for w·G. Zero-gradient tasks are skipped.
+    Any NaN/Inf in G makes the whole result NaN (the projections are undefined).
+    """
+    G = _validate.task_matrix(G)
+    _validate.choice(reduction, ("sum", "mean"), "reduction")
+    generator = _validate.generator_for(generator, G.device)
+    K = gram(G, impl=impl)
+    order = pcgrad_order(G.shape[0], shuffle=shuffle, generator=generator, device=G.device)
+    weights = pcgrad_weights(K, order, impl=impl)
+    if reduction == "mean":
+        weights = weights / G.shape[0]
+    return combine(G, weights, out=out, impl=impl)
+
+
+def graddrop(
+    G: torch.Tensor,
+    *,
+    leak=0.0,
+    signs: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """GradDrop (Chen et al. 2020): sign-consistency dropout of the task gradients G [T, P].
+
+    Per coordinate, purity P = ½(1 + Σ_i g_i / Σ_i |g_i|) and U ~ U(0, 1); task i's gradient is
+    kept where (P > U and g_i > 0) or (P < U and g_i < 0), else multiplied by ``leak`` (a float
+    or a [T] tensor in [0, 1]); returns the sum over tasks. ``signs`` [P] (feature-level form):
+    the activation whose sign multiplies each g_i before purity and mask are computed.
+    U comes from a Philox stream seeded from ``generator``: a seeded call is reproducible and
+    gives the same result on every ``impl``. NaN/Inf in G or NaN in ``signs`` propagate to the
+    affected coordinates.
+    """
+    G = _validate.task_matrix(G)
+    leak_t = _validate.leak_vector(leak, G)
+    if signs is not None:
+        if not isinstance(signs, torch.Tensor):
+            raise TypeError(f"signs must be a tensor of shape [P] or None, got {type(signs).__name__}")
+        if signs.shape != (G.shape[1],):
+            raise ValueError(f"signs must have shape [P] = [{G.shape[1]}], got {tuple(signs.shape)}")
+        _validate.same_device_and_dtype(signs, G, "signs")
+        signs = signs.detach()
+    generator = _validate.generator_for(generator, G.device)
+    seed = torch.randint(0, 2**62, (2,), generator=generator, device=G.device, dtype=torch.int64)
+    if use_extension(impl, G):
+        return torch.ops.fastmtl.graddrop(G, leak_t, signs, seed)
+    return reference.graddrop(G, leak_t, signs, reference.philox_uniform(seed, G.shape[1]))
+
+
+def cluster_tasks(
+    S: torch.Tensor,
+    *,
+    n_groups: int | None = None,
+    threshold: float | None = None,
+    linkage: str = "average",
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Agglomerative clustering of T tasks from a symmetric similarity matrix S [T, T].
+
+    Merges the most similar pair of groups until ``n_groups`` remain, or while the best linkage
+    similarity is at least ``threshold`` (give exactly one). ``linkage``: "average" (UPGMA mean),
+    "single" (max) or "complete" (min). Deterministic (ties: the first pair in index order).
+    Returns int64 labels [T] numbered 0, 1, ... by each group's first task, on S's device.
+    Runs on the host (S is copied to the CPU): clustering is not a hot-path op.
+    """
+    device = S.device if isinstance(S, torch.Tensor) else None
+    S = _validate.similarity_matrix(S)
+    _validate.clustering_target(n_groups, threshold, S.shape[0])
+    _validate.choice(linkage, ("average", "single", "complete"), "linkage")
+    _validate.choice(impl, _validate.IMPLS, "impl")
+    threshold = None if threshold is None else float(threshold)
+    # The kernel is a host (CPU) op whatever device S came from; "cuda" means "compiled" here.
+    if impl != "torch" and (impl != "auto" or HAS_EXT) and use_extension("cpp", S):
+        labels = torch.ops.fastmtl.cluster_tasks(S, n_groups, threshold, linkage)
+    else:
+        labels = reference.cluster_tasks(S, n_groups, threshold, linkage)
+    return labels.to(device)

@@ -1,0 +1,156 @@
+"""Pure-PyTorch implementations of every fastmtl op.
+
+They are the fallback where the compiled extension is absent (or the device/dtype is not
+covered), and the oracle the kernels are tested against. They follow the kernels' contracts
+exactly: same accumulation dtypes, same Philox random stream for GradDrop (so a seeded call
+gives the same mask on every path), same tie-breaking in clustering.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+
+
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 accumulation for half/bfloat16/float32 input, float64 for float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def gram(G: torch.Tensor) -> torch.Tensor:
+    """K = G G^T in the accumulation dtype."""
+    X = G.to(accumulate_dtype(G.dtype))
+    K = X @ X.T
+    return (K + K.T) / 2  # exactly symmetric, as the kernels' mirrored upper triangle
+
+
+def cosine_from_gram(K: torch.Tensor, eps: float) -> torch.Tensor:
+    """cos_ij = K_ij / max(|g_i| |g_j|, eps): zero-norm tasks get cosine 0, never NaN."""
+    norms = K.diagonal().clamp_min(0).sqrt()
+    return K / torch.outer(norms, norms).clamp_min(eps)
+
+
+def pcgrad_weights(K: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    """Gram-space PCGrad (DESIGN.md §1) in float64, like the kernels. All T projected gradients
+    advance together: at step s, task i meets task order[i, s]. No host sync, any device."""
+    T = K.shape[0]
+    Kd = K.double()
+    if order is None:
+        order = torch.arange(T, device=K.device).expand(T, T)
+    rows = torch.arange(T, device=K.device)
+    A = torch.eye(T, dtype=torch.float64, device=K.device)  # row i: coefficients of g_i^PC
+    for step in range(T):
+        j = order[:, step]
+        valid = (j != rows) & (j >= 0) & (j < T)
+        j_safe = j.clamp(0, T - 1)
+        dot = (A @ Kd).gather(1, j_safe[:, None]).squeeze(1)  # g_i^PC . g_j
+        norm_sq = Kd.diagonal()[j_safe]
+        conflict = valid & (dot < 0) & (norm_sq > 0)
+        coefficient = torch.where(conflict, dot / torch.where(norm_sq > 0, norm_sq, 1.0), 0.0)
+        A[rows, j_safe] -= coefficient
+    w = A.sum(0)
+    w = torch.where(torch.isfinite(Kd).all(), w, torch.full_like(w, float("nan")))
+    return w.to(K.dtype)
+
+
+def combine(G: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """w . G accumulated in the accumulation dtype, returned in G's dtype."""
+    acc = accumulate_dtype(G.dtype)
+    return (weights.to(acc) @ G.to(acc)).to(G.dtype)
+
+
+def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) 32-bit words of a * b for a constant a < 2^32 and int64 b holding values < 2^32,
+    built from 16-bit halves so no intermediate overflows int64."""
+    a_hi, a_lo = a >> 16, a & 0xFFFF
+    b_hi, b_lo = b >> 16, b & 0xFFFF
+    low = a_lo * b_lo
+    middle = a_hi * b_lo + a_lo * b_hi
+    low_sum = low + ((middle & 0xFFFF) << 16)
+    lo = low_sum & _MASK32
+    hi = (a_hi * b_hi + (middle >> 16) + (low_sum >> 32)) & _MASK32
+    return hi, lo
+
+
+def philox_uniform(seed: torch.Tensor, n: int) -> torch.Tensor:
+    """n float32 uniforms in [0, 1) from Philox4x32-10, element k from counter (k // 4, offset),
+    lane k % 4 -- the stream of csrc/include/fastmtl/philox.h."""
+    key, offset = (int(word) & 0xFFFFFFFFFFFFFFFF for word in seed.tolist())
+    groups = torch.arange((n + 3) // 4, dtype=torch.int64, device=seed.device)
+    c0, c1 = groups & _MASK32, groups >> 32
+    c2 = torch.full_like(groups, offset & _MASK32)
+    c3 = torch.full_like(groups, offset >> 32)
+    k0, k1 = key & _MASK32, key >> 32
+    for _ in range(10):
+        hi0, lo0 = _mulhilo32(0xD2511F53, c0)
+        hi1, lo1 = _mulhilo32(0xCD9E8D57, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + 0x9E3779B9) & _MASK32, (k1 + 0xBB67AE85) & _MASK32
+    bits = torch.stack([c0, c1, c2, c3], dim=1).reshape(-1)[:n]
+    return (bits >> 8).to(torch.float32) * (1.0 / 16777216.0)
+
+
+def graddrop(
+    G: torch.Tensor, leak: torch.Tensor, signs: torch.Tensor | None, uniform: torch.Tensor
+) -> torch.Tensor:
+    """GradDrop (Chen et al. 2020) with explicit uniforms U [P]; sums run over tasks in index
+    order in the accumulation dtype, as in the kernels, so masks agree bit for bit."""
+    acc = accumulate_dtype(G.dtype)
+    X = G.to(acc)
+    sign = torch.ones_like(X[0]) if signs is None else torch.sign(signs.to(acc))
+    signed = X * sign
+    signed_sum = torch.zeros_like(X[0])
+    abs_sum = torch.zeros_like(X[0])
+    for row in signed:
+        signed_sum = signed_sum + row
+        abs_sum = abs_sum + row.abs()
+    safe_abs = torch.where(abs_sum > 0, abs_sum, torch.ones_like(abs_sum))
+    purity = torch.where(abs_sum > 0, 0.5 * (1 + signed_sum / safe_abs), torch.full_like(abs_sum, 0.5))
+    U = uniform.to(acc)
+    keep = ((purity > U) & (signed > 0)) | ((purity < U) & (signed < 0))
+    factor = torch.where(keep, torch.ones_like(X), leak.to(acc)[:, None].expand_as(X))
+    out = torch.zeros_like(X[0])
+    for row_factor, row in zip(factor, X):
+        out = out + row_factor * row
+    if signs is not None:
+        out = out + (sign - sign)  # NaN activation -> NaN output, as in the kernels
+    return out.to(G.dtype)
+
+
+def cluster_tasks(S: torch.Tensor, n_groups: int | None, threshold: float | None, linkage: str) -> torch.Tensor:
+    """Agglomerative clustering, same rules as csrc/cpu/cluster_cpu.cpp: merge the most similar
+    pair (first in row-major order on ties) until n_groups remain or the best similarity is
+    below threshold; labels numbered by each group's first task."""
+    sim = S.double().cpu().tolist()
+    T = len(sim)
+    members = {t: [t] for t in range(T)}
+    while len(members) > 1:
+        if n_groups is not None and len(members) <= n_groups:
+            break
+        active = sorted(members)
+        best, pair = None, None
+        for x, a in enumerate(active):
+            for b in active[x + 1 :]:
+                if best is None or sim[a][b] > best:
+                    best, pair = sim[a][b], (a, b)
+        if threshold is not None and not best >= threshold:
+            break
+        a, b = pair
+        for k in active:
+            if k in pair:
+                continue
+            if linkage == "single":
+                merged = max(sim[a][k], sim[b][k])
+            elif linkage == "complete":
+                merged = min(sim[a][k], sim[b][k])
+            else:
+                size_a, size_b = len(members[a]), len(members[b])
+                merged = (size_a * sim[a][k] + size_b * sim[b][k]) / (size_a + size_b)
+            sim[a][k] = sim[k][a] = merged
+        members[a] += members.pop(b)
+    labels = [0] * T
+    for label, a in enumerate(sorted(members)):
+        for t in members[a]:
+            labels[t] = label
+    return torch.tensor(labels, dtype=torch.int64, device=S.device)
