@@ -29,7 +29,9 @@ def extension_modules():
     with_cuda = bool(torch.version.cuda) and cpp_extension.CUDA_HOME is not None and bool(cuda_sources)
     defines = [f'-DFASTMTL_VERSION="{VERSION}"', f'-DFASTMTL_TORCH_VERSION="{torch.__version__}"']
     include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")]
-    extra = {"cxx": ["-O3", *defines]}
+    # -fopenmp: at::parallel_for is a header template; without it the pragma is ignored and
+    # every kernel runs on one thread.
+    extra = {"cxx": ["-O3", "-fopenmp", *defines]}
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         # The CUDA build of torch ships the CUDA library headers (cusparse.h, ...) in its nvidia wheels.
@@ -37,10 +39,13 @@ def extension_modules():
         extra["cxx"].append("-DFASTMTL_WITH_CUDA")
         extra["nvcc"] = ["-O3", "-DFASTMTL_WITH_CUDA", *defines]
         ext = cpp_extension.CUDAExtension(
-            "fastmtl._C", cpp_sources + cuda_sources, include_dirs=include_dirs, extra_compile_args=extra
+            "fastmtl._C", cpp_sources + cuda_sources, include_dirs=include_dirs, extra_compile_args=extra,
+            extra_link_args=["-fopenmp"],
         )
     else:
-        ext = cpp_extension.CppExtension("fastmtl._C", cpp_sources, include_dirs=include_dirs, extra_compile_args=extra)
+        ext = cpp_extension.CppExtension(
+            "fastmtl._C", cpp_sources, include_dirs=include_dirs, extra_compile_args=extra, extra_link_args=["-fopenmp"]
+        )
     build_ext = cpp_extension.BuildExtension.with_options(use_ninja=True)
     return [ext], {"build_ext": build_ext}
 

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #include "fastmtl/macros.h"
 
@@ -30,8 +31,33 @@ FASTMTL_ALWAYS_INLINE acc_t to_acc(scalar_t x) {
   return static_cast<acc_t>(x);
 }
 
+// 32-byte GCC/Clang vector of acc_t: one AVX2 register inside run_best_isa's AVX2 variant,
+// a pair of SSE registers in the baseline variant. Explicit vectors keep accumulators in
+// registers where auto-vectorisation would spill them.
+template <typename acc_t>
+struct Vec32;
+template <>
+struct Vec32<float> {
+  typedef float type __attribute__((vector_size(32)));
+};
+template <>
+struct Vec32<double> {
+  typedef double type __attribute__((vector_size(32)));
+};
+template <typename acc_t>
+using vec32 = typename Vec32<acc_t>::type;
+template <typename acc_t>
+constexpr int kVecLanes = 32 / sizeof(acc_t);
+
+template <typename acc_t>
+FASTMTL_ALWAYS_INLINE vec32<acc_t> load_vec(const acc_t* p) {
+  vec32<acc_t> v;
+  std::memcpy(&v, p, sizeof(v));  // unaligned load
+  return v;
+}
+
 // Columns handled together: T rows x kTileColumns elements stay in L1 for the usual T <= 16.
-constexpr int64_t kTileColumns = 256;
+constexpr int64_t kTileColumns = 2048;
 // Columns per parallel work item. Fixed (not derived from the thread count) so that reductions
 // happen in the same order, and give the same bits, on any number of threads.
 constexpr int64_t kChunkColumns = 1 << 15;

@@ -1,8 +1,12 @@
-// GradDrop (Chen et al. 2020) in one pass: per column tile, sum the (sign-corrected) task
-// gradients and their magnitudes, form the purity P, draw U from Philox (element n of the
-// stream, so any tiling gives the same numbers), then add each task's gradient scaled by its
-// keep factor. The second walk over the tile's rows hits L1, so G is read from memory once.
+// GradDrop (Chen et al. 2020) in one pass: per 256-column tile, sum the (sign-corrected) task
+// gradients and their magnitudes, form the purity P, draw U from Philox (block = tile, so every
+// path draws the same numbers), then add each task's gradient scaled by its keep factor.
+// The tile's rows sit converted in an L1 buffer, so G is read from memory once. The maths is
+// surgery_math.h's graddrop_purity / graddrop_keep_factor written on 32-byte vectors.
 #include <ATen/Parallel.h>
+
+#include <cmath>
+#include <vector>
 
 #include "cpu/cpu_common.h"
 #include "cpu/cpu_ops.h"
@@ -12,48 +16,59 @@
 namespace fastmtl::cpu {
 namespace {
 
-static_assert(kTileColumns % 4 == 0 && kChunkColumns % 4 == 0, "Philox draws four uniforms per counter");
+// One tile is one Philox block: 256 columns, T rows converted to acc_t in an L1 buffer.
+constexpr int64_t kTile = kPhiloxBlockElements;
+static_assert(kChunkColumns % kTile == 0, "work items must start on Philox block boundaries");
 
 template <typename scalar_t, bool kHasSigns>
 FASTMTL_ALWAYS_INLINE void graddrop_range(const scalar_t* G, int64_t T, int64_t row_stride, const scalar_t* signs,
                                           const acc_type<scalar_t>* leak, const PhiloxSeed& seed, int64_t begin,
                                           int64_t end, scalar_t* out) {
   using acc_t = acc_type<scalar_t>;
-  acc_t sign[kTileColumns], signed_sum[kTileColumns], abs_sum[kTileColumns], purity[kTileColumns];
-  acc_t acc[kTileColumns];
-  float uniform[kTileColumns];
-  for (int64_t c0 = begin; c0 < end; c0 += kTileColumns) {
-    const int64_t len = std::min(kTileColumns, end - c0);
-    for (int64_t t = 0; t < len; ++t) {
-      sign[t] = kHasSigns ? sign_of(to_acc<acc_t>(signs[c0 + t])) : acc_t(1);
-      signed_sum[t] = 0;
-      abs_sum[t] = 0;
-      acc[t] = 0;
+  using V = vec32<acc_t>;
+  constexpr int W = kVecLanes<acc_t>;
+  std::vector<acc_t> rows(T * kTile);
+  alignas(32) acc_t sign[kTile], uniform[kTile], result[kTile];
+  alignas(32) float uniform_bits[kTile];
+  const V zero = {};
+  const V one = zero + acc_t(1), half = zero + acc_t(0.5);
+  for (int64_t c0 = begin; c0 < end; c0 += kTile) {
+    const int64_t len = std::min(kTile, end - c0);
+    for (int64_t i = 0; i < T; ++i) {  // padding columns are zero: they contribute nothing
+      const scalar_t* src = G + i * row_stride + c0;
+      acc_t* dst = rows.data() + i * kTile;
+      for (int64_t t = 0; t < len; ++t) dst[t] = to_acc<acc_t>(src[t]);
+      for (int64_t t = len; t < kTile; ++t) dst[t] = 0;
     }
-    for (int64_t i = 0; i < T; ++i) {
-      const scalar_t* row = G + i * row_stride + c0;
-      for (int64_t t = 0; t < len; ++t) {
-        const acc_t g = to_acc<acc_t>(row[t]) * sign[t];
-        signed_sum[t] += g;
-        abs_sum[t] += g < 0 ? -g : g;
+    for (int64_t t = 0; t < kTile; ++t) {
+      sign[t] = (kHasSigns && t < len) ? sign_of(to_acc<acc_t>(signs[c0 + t])) : acc_t(1);
+    }
+    philox_uniform_block(seed, static_cast<uint64_t>(c0 / kTile), uniform_bits);
+    for (int64_t t = 0; t < kTile; ++t) uniform[t] = uniform_bits[t];
+
+    for (int64_t v = 0; v < kTile; v += W) {
+      const V sgn = load_vec(sign + v), u = load_vec(uniform + v);
+      V signed_sum = zero, abs_sum = zero;
+      for (int64_t i = 0; i < T; ++i) {  // same order as reference.graddrop: bitwise-equal purity
+        const V g = load_vec(rows.data() + i * kTile + v) * sgn;
+        signed_sum += g;
+        abs_sum += g < zero ? -g : g;
       }
-    }
-    for (int64_t t = 0; t < len; ++t) purity[t] = graddrop_purity(signed_sum[t], abs_sum[t]);
-    // c0 is a multiple of 4, so group q of this tile is group (c0 / 4 + q) of the stream.
-    for (int64_t q = 0; q * 4 < len; ++q) philox_uniform4(seed, static_cast<uint64_t>(c0 / 4 + q), uniform + 4 * q);
-    for (int64_t i = 0; i < T; ++i) {
-      const scalar_t* row = G + i * row_stride + c0;
-      const acc_t leak_i = leak[i];
-      for (int64_t t = 0; t < len; ++t) {
-        const acc_t g = to_acc<acc_t>(row[t]);
-        acc[t] += graddrop_keep_factor(purity[t], static_cast<acc_t>(uniform[t]), g * sign[t], leak_i) * g;
+      // graddrop_purity, lane-wise.
+      const V safe_abs = abs_sum > zero ? abs_sum : one;
+      const V purity = abs_sum > zero ? half * (one + signed_sum / safe_abs) : half;
+      V acc = zero;
+      for (int64_t i = 0; i < T; ++i) {
+        const V g = load_vec(rows.data() + i * kTile + v);
+        const V gs = g * sgn;
+        // graddrop_keep_factor, lane-wise: 1 where kept, leak where dropped.
+        const auto keep = ((purity > u) & (gs > zero)) | ((purity < u) & (gs < zero));
+        acc += (keep ? one : zero + leak[i]) * g;
       }
+      if (kHasSigns) acc += sgn - sgn;  // 0, or NaN for a NaN activation: a NaN never vanishes
+      std::memcpy(result + v, &acc, sizeof(acc));
     }
-    for (int64_t t = 0; t < len; ++t) {
-      // sign - sign is 0, or NaN for a NaN activation: a NaN input never vanishes.
-      const acc_t poison = kHasSigns ? sign[t] - sign[t] : acc_t(0);
-      out[c0 + t] = static_cast<scalar_t>(acc[t] + poison);
-    }
+    for (int64_t t = 0; t < len; ++t) out[c0 + t] = static_cast<scalar_t>(result[t]);
   }
 }
 
@@ -91,7 +106,7 @@ at::Tensor graddrop_cpu(const at::Tensor& grads_in, const at::Tensor& leak, cons
     const scalar_t* sp = signs.has_value() ? sign_source.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* o = out.data_ptr<scalar_t>();
     const int64_t row_stride = grads.stride(0);
-    // Work items start on multiples of kChunkColumns (a multiple of 4): Philox groups never split.
+    // Work items start on multiples of kChunkColumns: Philox blocks never split.
     at::parallel_for(0, chunk_count(P), 1, [&](int64_t first, int64_t last) {
       const int64_t begin = first * kChunkColumns, end = std::min(P, last * kChunkColumns);
       if (sp) {

@@ -1,6 +1,6 @@
 // Gram pass: one read of G [T, P] -> K = G G^T [T, T].
 // Column chunks run in parallel; inside a chunk, tiles of kTileColumns columns are dotted
-// row i against four rows j at a time (five loads feed four independent FMA chains), so the
+// row i against four rows j at a time (eight independent FMA chains), so the
 // pass stays memory-bound up to T = 16. Tile sums are added into per-chunk double partials,
 // which are reduced in chunk order: the result does not depend on the thread count.
 #include <ATen/Parallel.h>
@@ -13,25 +13,25 @@
 namespace fastmtl::cpu {
 namespace {
 
-template <typename acc_t>
-constexpr int lanes_for() {
-  return 64 / sizeof(acc_t);  // two AVX2 registers per accumulator chain
-}
-
-// out[j] = x_i . x_j[j] over len elements, for NJ rows j at once.
+// out[j] = x_i . x_j[j] over len elements, for NJ rows j at once: two vector chains per row j,
+// 2 * NJ independent FMA chains fed by 2 * (NJ + 1) loads.
 template <int NJ, typename acc_t>
 FASTMTL_ALWAYS_INLINE void dot_rows(const acc_t* xi, const acc_t* const* xj, int64_t len, acc_t* out) {
-  constexpr int L = lanes_for<acc_t>();
-  acc_t acc[NJ][L] = {};
+  using V = vec32<acc_t>;
+  constexpr int W = kVecLanes<acc_t>;
+  V acc0[NJ] = {}, acc1[NJ] = {};
   int64_t c = 0;
-  for (; c + L <= len; c += L) {
+  for (; c + 2 * W <= len; c += 2 * W) {
+    const V a0 = load_vec(xi + c), a1 = load_vec(xi + c + W);
     for (int j = 0; j < NJ; ++j) {
-      for (int l = 0; l < L; ++l) acc[j][l] += xi[c + l] * xj[j][c + l];
+      acc0[j] += a0 * load_vec(xj[j] + c);
+      acc1[j] += a1 * load_vec(xj[j] + c + W);
     }
   }
   for (int j = 0; j < NJ; ++j) {
+    const V both = acc0[j] + acc1[j];
     acc_t s = 0;
-    for (int l = 0; l < L; ++l) s += acc[j][l];
+    for (int l = 0; l < W; ++l) s += both[l];
     for (int64_t t = c; t < len; ++t) s += xi[t] * xj[j][t];
     out[j] = s;
   }

@@ -74,10 +74,12 @@ def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def philox_uniform(seed: torch.Tensor, n: int) -> torch.Tensor:
-    """n float32 uniforms in [0, 1) from Philox4x32-10, element k from counter (k // 4, offset),
-    lane k % 4 -- the stream of csrc/include/fastmtl/philox.h."""
+    """n float32 uniforms in [0, 1) from Philox4x32-10 -- the stream of
+    csrc/include/fastmtl/philox.h: element 256 b + 64 lane + k is word `lane` of the draw for
+    counter 64 b + k (counter words 2, 3 = the offset)."""
     key, offset = (int(word) & 0xFFFFFFFFFFFFFFFF for word in seed.tolist())
-    groups = torch.arange((n + 3) // 4, dtype=torch.int64, device=seed.device)
+    blocks = (n + 255) // 256
+    groups = torch.arange(blocks * 64, dtype=torch.int64, device=seed.device)
     c0, c1 = groups & _MASK32, groups >> 32
     c2 = torch.full_like(groups, offset & _MASK32)
     c3 = torch.full_like(groups, offset >> 32)
@@ -87,7 +89,7 @@ def philox_uniform(seed: torch.Tensor, n: int) -> torch.Tensor:
         hi1, lo1 = _mulhilo32(0xCD9E8D57, c2)
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
         k0, k1 = (k0 + 0x9E3779B9) & _MASK32, (k1 + 0xBB67AE85) & _MASK32
-    bits = torch.stack([c0, c1, c2, c3], dim=1).reshape(-1)[:n]
+    bits = torch.stack([c0, c1, c2, c3], dim=0).reshape(4, blocks, 64).transpose(0, 1).reshape(-1)[:n]
     return (bits >> 8).to(torch.float32) * (1.0 / 16777216.0)
 
 

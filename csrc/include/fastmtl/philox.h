@@ -41,8 +41,8 @@ FASTMTL_HOST_DEVICE inline float uniform_from_bits(uint32_t bits) {
   return static_cast<float>(bits >> 8) * (1.0f / 16777216.0f);
 }
 
-// The seed a caller passes is two int64 words: word 0 is the key, word 1 the stream offset.
-// Element n of the stream uses counter (n / 4, offset) and lane n % 4.
+// The seed a caller passes is two int64 words: word 0 is the key, word 1 the stream offset
+// (counter words 2 and 3).
 struct PhiloxSeed {
   uint32_t k0, k1, offset_lo, offset_hi;
 };
@@ -53,11 +53,30 @@ FASTMTL_HOST_DEVICE inline PhiloxSeed philox_seed_from_words(int64_t key, int64_
                     static_cast<uint32_t>(o >> 32)};
 }
 
-// Uniforms for elements 4*group .. 4*group+3.
-FASTMTL_HOST_DEVICE inline void philox_uniform4(const PhiloxSeed& seed, uint64_t group, float out[4]) {
-  const Philox4x32 r = philox4x32_10(static_cast<uint32_t>(group), static_cast<uint32_t>(group >> 32),
-                                     seed.offset_lo, seed.offset_hi, seed.k0, seed.k1);
-  for (int lane = 0; lane < 4; ++lane) out[lane] = uniform_from_bits(r.v[lane]);
+FASTMTL_HOST_DEVICE inline Philox4x32 philox_draw(const PhiloxSeed& seed, uint64_t counter) {
+  return philox4x32_10(static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), seed.offset_lo,
+                       seed.offset_hi, seed.k0, seed.k1);
+}
+
+// Stream layout: elements come in blocks of 256. Element n = 256 b + 64 lane + k takes word
+// `lane` of the draw for counter 64 b + k. The four words of one draw land 64 elements apart,
+// so a CPU loop over k writes each lane contiguously and vectorises.
+constexpr int64_t kPhiloxBlockElements = 256;
+constexpr int64_t kPhiloxBlockCounters = 64;
+
+// Uniform for element n alone (the CUDA kernels and tests use this form).
+FASTMTL_HOST_DEVICE inline float philox_uniform_at(const PhiloxSeed& seed, uint64_t n) {
+  const uint64_t block = n / kPhiloxBlockElements, within = n % kPhiloxBlockElements;
+  const Philox4x32 r = philox_draw(seed, block * kPhiloxBlockCounters + within % kPhiloxBlockCounters);
+  return uniform_from_bits(r.v[within / kPhiloxBlockCounters]);
+}
+
+// Uniforms for the whole block b: out[0 .. 255] = elements 256 b .. 256 b + 255.
+FASTMTL_HOST_DEVICE inline void philox_uniform_block(const PhiloxSeed& seed, uint64_t block, float* out) {
+  for (int64_t k = 0; k < kPhiloxBlockCounters; ++k) {
+    const Philox4x32 r = philox_draw(seed, block * kPhiloxBlockCounters + k);
+    for (int lane = 0; lane < 4; ++lane) out[lane * kPhiloxBlockCounters + k] = uniform_from_bits(r.v[lane]);
+  }
 }
 
 }  // namespace fastmtl

@@ -58,12 +58,15 @@ FASTMTL_HOST_DEVICE inline acc_t graddrop_purity(acc_t signed_sum, acc_t abs_sum
 }
 
 // The factor applied to task i's gradient at one coordinate: leak + (1 - leak) * M_i with
-// M_i = [P > U and g_i > 0] or [P < U and g_i < 0]. g_signed is g_i times the activation sign
-// in the feature-level form. Callers multiply (never select) so NaN/Inf stay visible.
+// M_i = [P > U and g_i > 0] or [P < U and g_i < 0]; exactly 1 when kept, exactly leak when not.
+// g_signed is g_i times the activation sign in the feature-level form. Written without
+// branches (random masks mispredict) so the CPU loop vectorises. Callers multiply, never
+// select, so NaN/Inf gradients stay visible.
 template <typename acc_t>
 FASTMTL_HOST_DEVICE inline acc_t graddrop_keep_factor(acc_t purity, acc_t uniform, acc_t g_signed, acc_t leak) {
-  const bool keep = (purity > uniform && g_signed > acc_t(0)) || (purity < uniform && g_signed < acc_t(0));
-  return keep ? acc_t(1) : leak;
+  const bool keep = ((purity > uniform) & (g_signed > acc_t(0))) | ((purity < uniform) & (g_signed < acc_t(0)));
+  const acc_t kept = static_cast<acc_t>(keep);
+  return kept + (acc_t(1) - kept) * leak;
 }
 
 // sign(x) as -1, 0 or +1 in acc_t; NaN stays NaN so a NaN activation poisons its coordinate.
