@@ -100,7 +100,11 @@ def graddrop(
     order in the accumulation dtype, as in the kernels, so masks agree bit for bit."""
     acc = accumulate_dtype(G.dtype)
     X = G.to(acc)
-    sign = torch.ones_like(X[0]) if signs is None else torch.sign(signs.to(acc))
+    if signs is None:
+        sign = torch.ones_like(X[0])
+    else:  # torch.sign(NaN) is 0 on some builds; keep NaN, like sign_of in surgery_math.h
+        activation = signs.to(acc)
+        sign = torch.where(torch.isnan(activation), activation, torch.sign(activation))
     signed = X * sign
     signed_sum = torch.zeros_like(X[0])
     abs_sum = torch.zeros_like(X[0])

@@ -1,0 +1,47 @@
+"""Competitor implementations, used only by the benchmarks.
+
+Each takes the task-gradient matrix G [T, P] and returns the combined gradient [P].
+"""
+
+import random
+
+import torch
+from torchjd.aggregation import GradDrop, PCGrad
+
+# torchjd aggregators are nn.Modules: build them once so construction is not timed.
+_TORCHJD_PCGRAD = PCGrad()
+_TORCHJD_GRADDROP = GradDrop()
+
+
+def libmtl_style_pcgrad(G: torch.Tensor) -> torch.Tensor:
+    """PCGrad as LibMTL's loop computes it (re-implemented here, not copied).
+
+    O(T²) passes over full P-vectors, and the Python ``if`` on a 0-d tensor forces a host
+    sync per pair: that is LibMTL's cost model, kept on purpose.
+    """
+    grads = G
+    pc_grads = G.clone()
+    tasks = list(range(G.shape[0]))
+    for i in tasks:
+        order = tasks.copy()
+        random.shuffle(order)
+        for j in order:
+            if j == i:
+                continue
+            g_ij = torch.dot(pc_grads[i], grads[j])
+            if g_ij < 0:
+                pc_grads[i] -= g_ij * grads[j] / grads[j].norm().pow(2)
+    return pc_grads.sum(0)
+
+
+def torchjd_pcgrad(G: torch.Tensor) -> torch.Tensor:
+    return _TORCHJD_PCGRAD(G)
+
+
+def torchjd_graddrop(G: torch.Tensor) -> torch.Tensor:
+    return _TORCHJD_GRADDROP(G)
+
+
+def memory_floor(G: torch.Tensor) -> torch.Tensor:
+    """One read of G: the least any method that looks at every gradient entry must spend."""
+    return G.sum(0)

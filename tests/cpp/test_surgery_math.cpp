@@ -1,0 +1,305 @@
+// Unit tests of csrc/include/fastmtl/surgery_math.h: the PCGrad projection and Gram-space solve,
+// and the GradDrop purity / keep factor / sign. Plain C++, no libtorch; run by CTest.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <vector>
+
+#include "fastmtl/surgery_math.h"
+
+namespace {
+
+int g_failures = 0;
+
+#define CHECK(cond)                                                         \
+  do {                                                                      \
+    if (!(cond)) {                                                          \
+      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      ++g_failures;                                                         \
+    }                                                                       \
+  } while (0)
+
+#define CHECK_NEAR(a, b, tol)                                                                       \
+  do {                                                                                              \
+    const double a_ = static_cast<double>(a), b_ = static_cast<double>(b);                          \
+    if (!(std::fabs(a_ - b_) <= (tol))) {                                                           \
+      std::fprintf(stderr, "%s:%d: CHECK_NEAR failed: %s = %.17g, %s = %.17g\n", __FILE__, __LINE__, \
+                   #a, a_, #b, b_);                                                                 \
+      ++g_failures;                                                                                 \
+    }                                                                                               \
+  } while (0)
+
+constexpr double kTol = 1e-12;
+const double kNaN = std::numeric_limits<double>::quiet_NaN();
+const double kInf = std::numeric_limits<double>::infinity();
+
+// w for a T x T Gram matrix, index order when order is empty.
+std::vector<double> solve(const std::vector<double>& K, const std::vector<int64_t>& order = {}) {
+  const int64_t T = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(K.size()))));
+  std::vector<double> a(T, -123.0), w(T, -456.0);  // garbage: the solve must overwrite both
+  fastmtl::pcgrad_solve<double, int64_t>(K.data(), T, order.empty() ? nullptr : order.data(), a.data(), w.data());
+  return w;
+}
+
+void check_weights(const std::vector<double>& w, const std::vector<double>& expected, int line) {
+  bool ok = w.size() == expected.size();
+  for (size_t k = 0; ok && k < w.size(); ++k) ok = std::fabs(w[k] - expected[k]) <= kTol;
+  if (!ok) {
+    std::fprintf(stderr, "%s:%d: weights differ:", __FILE__, line);
+    for (double x : w) std::fprintf(stderr, " %.17g", x);
+    std::fprintf(stderr, "  expected:");
+    for (double x : expected) std::fprintf(stderr, " %.17g", x);
+    std::fprintf(stderr, "\n");
+    ++g_failures;
+  }
+}
+#define CHECK_WEIGHTS(w, ...) check_weights((w), std::vector<double>{__VA_ARGS__}, __LINE__)
+
+// PCGrad straight from the paper, on explicit gradient vectors: returns sum_i g_i^PC, where task i
+// meets the others in order[i] (entries equal to i skipped).
+using Vec = std::vector<double>;
+double dot(const Vec& x, const Vec& y) {
+  double s = 0;
+  for (size_t t = 0; t < x.size(); ++t) s += x[t] * y[t];
+  return s;
+}
+Vec pcgrad_direct(const std::vector<Vec>& g, const std::vector<std::vector<int64_t>>& order) {
+  Vec total(g[0].size(), 0.0);
+  for (size_t i = 0; i < g.size(); ++i) {
+    Vec pc = g[i];
+    for (int64_t j : order[i]) {
+      if (j == static_cast<int64_t>(i)) continue;
+      const double d = dot(pc, g[j]), n = dot(g[j], g[j]);
+      if (d < 0 && n > 0) {
+        for (size_t t = 0; t < pc.size(); ++t) pc[t] -= d / n * g[j][t];
+      }
+    }
+    for (size_t t = 0; t < pc.size(); ++t) total[t] += pc[t];
+  }
+  return total;
+}
+std::vector<double> gram(const std::vector<Vec>& g) {
+  std::vector<double> K;
+  for (const Vec& x : g) {
+    for (const Vec& y : g) K.push_back(dot(x, y));
+  }
+  return K;
+}
+Vec weighted_sum(const std::vector<double>& w, const std::vector<Vec>& g) {
+  Vec out(g[0].size(), 0.0);
+  for (size_t i = 0; i < g.size(); ++i) {
+    for (size_t t = 0; t < out.size(); ++t) out[t] += w[i] * g[i][t];
+  }
+  return out;
+}
+
+void test_is_finite_value() {
+  CHECK(fastmtl::is_finite_value(0.0));
+  CHECK(fastmtl::is_finite_value(-1e308));
+  CHECK(fastmtl::is_finite_value(std::numeric_limits<double>::denorm_min()));
+  CHECK(!fastmtl::is_finite_value(kNaN));
+  CHECK(!fastmtl::is_finite_value(kInf));
+  CHECK(!fastmtl::is_finite_value(-kInf));
+  CHECK(!fastmtl::is_finite_value(std::numeric_limits<float>::infinity()));
+}
+
+void test_projection_coefficient() {
+  // Conflict: g_i . g_j = -3, |g_j|^2 = 4 -> subtract -3/4 of g_j.
+  CHECK_NEAR(fastmtl::projection_coefficient(-3.0, 4.0), -0.75, kTol);
+  CHECK(fastmtl::projection_coefficient(-1.0f, 2.0f) == -0.5f);
+  // No conflict: orthogonal or aligned.
+  CHECK(fastmtl::projection_coefficient(0.0, 4.0) == 0.0);
+  CHECK(fastmtl::projection_coefficient(2.5, 4.0) == 0.0);
+  // Zero-norm g_j: 0, never a division by zero (would be -inf / NaN).
+  CHECK(fastmtl::projection_coefficient(-1.0, 0.0) == 0.0);
+  CHECK(fastmtl::projection_coefficient(0.0, 0.0) == 0.0);
+  CHECK(fastmtl::projection_coefficient(-1.0f, 0.0f) == 0.0f);
+}
+
+void test_pcgrad_two_tasks() {
+  // g1 = (1, 0), g2 = (-1, 1): K = [[1, -1], [-1, 2]].
+  // g1PC = g1 - (-1/2) g2 = (0.5, 0.5) -> a1 = (1, 0.5); g2PC = g2 - (-1/1) g1 = (0, 1) -> a2 = (1, 1).
+  const std::vector<double> K = {1, -1, -1, 2};
+  CHECK_WEIGHTS(solve(K), 2.0, 1.5);
+  // The same with an explicit index order, and in float with int32 order.
+  CHECK_WEIGHTS(solve(K, {0, 1, 0, 1}), 2.0, 1.5);
+  const float Kf[4] = {1, -1, -1, 2};
+  const int32_t order32[4] = {1, 0, 0, 1};
+  float a[2], w[2];
+  fastmtl::pcgrad_solve<float, int32_t>(Kf, 2, order32, a, w);
+  CHECK(w[0] == 2.0f && w[1] == 1.5f);
+  fastmtl::pcgrad_solve<float, int32_t>(Kf, 2, nullptr, a, w);
+  CHECK(w[0] == 2.0f && w[1] == 1.5f);
+}
+
+void test_pcgrad_no_conflict() {
+  // Every entry >= 0: nothing is projected, every a_i stays e_i, w = 1.
+  CHECK_WEIGHTS(solve({2, 1, 0, 1, 3, 0.5, 0, 0.5, 1}), 1.0, 1.0, 1.0);
+  CHECK_WEIGHTS(solve({4}), 1.0);  // a single task
+}
+
+void test_pcgrad_zero_gradient_task() {
+  // g1 = (1, 0), g2 = 0, g3 = (-1, 0): task 2's row and column are zero.
+  // a1 = e1 + e3 (projected on g3 only), a2 = e2, a3 = e1 + e3 -> w = (2, 1, 2).
+  const std::vector<double> w = solve({1, 0, -1, 0, 0, 0, -1, 0, 1});
+  for (double x : w) CHECK(!std::isnan(x) && std::isfinite(x));
+  CHECK_WEIGHTS(w, 2.0, 1.0, 2.0);
+  // All tasks zero: w = 1, no 0/0.
+  CHECK_WEIGHTS(solve({0, 0, 0, 0}), 1.0, 1.0);
+  // Not a true Gram matrix (K_11 = 0 with K_01 < 0): task 0 is not projected on the zero-norm
+  // task 1 (no division by 0); task 1 is projected on task 0 (dot -1, |g0|^2 1): a1 = (1, 1).
+  const std::vector<double> w2 = solve({1, -1, -1, 0});
+  CHECK_WEIGHTS(w2, 2.0, 1.0);
+}
+
+void test_pcgrad_non_finite() {
+  for (double bad : {kNaN, kInf, -kInf}) {
+    for (int where = 0; where < 4; ++where) {
+      std::vector<double> K = {1, -1, -1, 2};
+      K[where] = bad;
+      const std::vector<double> w = solve(K);
+      CHECK(w.size() == 2 && std::isnan(w[0]) && std::isnan(w[1]));
+    }
+  }
+  const float Kf[4] = {1, std::numeric_limits<float>::quiet_NaN(), -1, 2};
+  float a[2], w[2] = {0, 0};
+  fastmtl::pcgrad_solve<float, int64_t>(Kf, 2, nullptr, a, w);
+  CHECK(std::isnan(w[0]) && std::isnan(w[1]));
+}
+
+void test_pcgrad_order_skips() {
+  const std::vector<double> K = {1, -1, -1, 2};
+  // Entries equal to i or outside [0, T) are skipped: these orders reduce to index order.
+  CHECK_WEIGHTS(solve(K, {-1, 1, 0, 7}), 2.0, 1.5);
+  CHECK_WEIGHTS(solve(K, {0, 1, 1, 0}), 2.0, 1.5);
+  // Every entry skipped: no projection at all, w = 1.
+  CHECK_WEIGHTS(solve(K, {0, 2, 1, -3}), 1.0, 1.0);
+  CHECK_WEIGHTS(solve(K, {0, 0, 1, 1}), 1.0, 1.0);
+  // Only task 0 may project (task 1's row is skipped): a0 = (1, 0.5), a1 = (0, 1).
+  CHECK_WEIGHTS(solve(K, {1, 0, 9, 1}), 1.0, 1.5);
+  // int64 extremes must not wrap into range.
+  CHECK_WEIGHTS(solve(K, {INT64_MIN, INT64_MAX, INT64_MAX, INT64_MIN}), 1.0, 1.0);
+}
+
+void test_pcgrad_order_matters() {
+  // g1 = (1, 0), g2 = (-1, 1), g3 = (0, -1): K = [[1, -1, 0], [-1, 2, -1], [0, -1, 1]].
+  const std::vector<Vec> g = {{1, 0}, {-1, 1}, {0, -1}};
+  const std::vector<double> K = gram(g);
+  CHECK_WEIGHTS(K, 1.0, -1.0, 0.0, -1.0, 2.0, -1.0, 0.0, -1.0, 1.0);
+
+  // Index order (every task meets 0, 1, 2), by hand:
+  //   task 0: meets g2 (dot -1, |g2|^2 2): (0.5, 0.5); meets g3 (dot -0.5): (0.5, 0)  a0 = (1, .5, .5)
+  //   task 1: meets g1 (dot -1): (0, 1); meets g3 (dot -1): (0, 0)                    a1 = (1, 1, 1)
+  //   task 2: meets g1 (dot 0): no; meets g2 (dot -1, /2): (-0.5, -0.5)               a2 = (0, .5, 1)
+  //   w = (2, 2, 2.5)
+  const std::vector<std::vector<int64_t>> forward = {{0, 1, 2}, {0, 1, 2}, {0, 1, 2}};
+  // Reverse order (every task meets 2, 1, 0), by hand:
+  //   task 0: meets g3 (dot 0): no; meets g2 (dot -1, /2): (0.5, 0.5)                 a0 = (1, .5, 0)
+  //   task 1: meets g3 (dot -1): (-1, 0); meets g1 (dot -1): (0, 0)                   a1 = (1, 1, 1)
+  //   task 2: meets g2 (dot -1, /2): (-.5, -.5); meets g1 (dot -.5): (0, -.5)         a2 = (.5, .5, 1)
+  //   w = (2.5, 2, 2)
+  const std::vector<std::vector<int64_t>> reverse = {{2, 1, 0}, {2, 1, 0}, {2, 1, 0}};
+
+  const std::vector<double> w_forward = solve(K), w_forward_explicit = solve(K, {0, 1, 2, 0, 1, 2, 0, 1, 2});
+  const std::vector<double> w_reverse = solve(K, {2, 1, 0, 2, 1, 0, 2, 1, 0});
+  CHECK_WEIGHTS(w_forward, 2.0, 2.0, 2.5);
+  CHECK_WEIGHTS(w_forward_explicit, 2.0, 2.0, 2.5);
+  CHECK_WEIGHTS(w_reverse, 2.5, 2.0, 2.0);
+  CHECK(std::fabs(w_forward[0] - w_reverse[0]) > 0.25);
+
+  // Against the vector-space PCGrad: w . G == sum_i g_i^PC for both orders.
+  const Vec direct_forward = pcgrad_direct(g, forward), direct_reverse = pcgrad_direct(g, reverse);
+  const Vec solved_forward = weighted_sum(w_forward, g), solved_reverse = weighted_sum(w_reverse, g);
+  for (size_t t = 0; t < 2; ++t) {
+    CHECK_NEAR(solved_forward[t], direct_forward[t], kTol);
+    CHECK_NEAR(solved_reverse[t], direct_reverse[t], kTol);
+  }
+  // By hand: forward (0.5, 0) + (0, 0) + (-0.5, -0.5); reverse (0.5, 0.5) + (0, 0) + (0, -0.5).
+  CHECK_NEAR(direct_forward[0], 0.0, kTol);
+  CHECK_NEAR(direct_forward[1], -0.5, kTol);
+  CHECK_NEAR(direct_reverse[0], 0.5, kTol);
+  CHECK_NEAR(direct_reverse[1], 0.0, kTol);
+
+  // A mixed per-task order, against the vector-space PCGrad on less tidy gradients.
+  const std::vector<Vec> h = {{1.0, 0.2, -0.3}, {-0.7, 1.1, 0.4}, {0.1, -0.9, -0.8}, {-0.5, -0.5, 1.5}};
+  const std::vector<std::vector<int64_t>> mixed = {{3, 1, 2, 0}, {0, 2, 3, 1}, {1, 3, 0, 2}, {2, 0, 1, 3}};
+  std::vector<int64_t> mixed_flat;
+  for (const auto& row : mixed) mixed_flat.insert(mixed_flat.end(), row.begin(), row.end());
+  const Vec direct = pcgrad_direct(h, mixed), solved = weighted_sum(solve(gram(h), mixed_flat), h);
+  for (size_t t = 0; t < 3; ++t) CHECK_NEAR(solved[t], direct[t], 1e-12);
+}
+
+void test_graddrop_purity() {
+  using fastmtl::graddrop_purity;
+  CHECK(graddrop_purity(3.0, 3.0) == 1.0);    // all positive
+  CHECK(graddrop_purity(-3.0, 3.0) == 0.0);   // all negative
+  CHECK(graddrop_purity(0.0, 4.0) == 0.5);    // balanced
+  CHECK(graddrop_purity(0.0, 0.0) == 0.5);    // every gradient zero: no 0/0
+  CHECK(graddrop_purity(0.0f, 0.0f) == 0.5f);
+  CHECK_NEAR(graddrop_purity(1.0, 4.0), 0.625, kTol);
+  CHECK(graddrop_purity(2.0f, 2.0f) == 1.0f);
+  CHECK(graddrop_purity(-2.0f, 2.0f) == 0.0f);
+}
+
+void test_graddrop_keep_factor() {
+  using fastmtl::graddrop_keep_factor;
+  const double leak = 0.3;
+  // P > U keeps the positive gradients, P < U the negative ones; kept is exactly 1, dropped exactly leak.
+  CHECK(graddrop_keep_factor(0.8, 0.5, 2.0, leak) == 1.0);
+  CHECK(graddrop_keep_factor(0.8, 0.5, -2.0, leak) == leak);
+  CHECK(graddrop_keep_factor(0.2, 0.5, -2.0, leak) == 1.0);
+  CHECK(graddrop_keep_factor(0.2, 0.5, 2.0, leak) == leak);
+  // A zero gradient is never "kept"; neither is any gradient when P == U.
+  CHECK(graddrop_keep_factor(0.8, 0.5, 0.0, leak) == leak);
+  CHECK(graddrop_keep_factor(0.2, 0.5, 0.0, leak) == leak);
+  CHECK(graddrop_keep_factor(0.5, 0.5, 1.0, leak) == leak);
+  CHECK(graddrop_keep_factor(0.5, 0.5, -1.0, leak) == leak);
+  // leak 0 drops to exactly 0, leak 1 keeps everything; float too.
+  CHECK(graddrop_keep_factor(0.2, 0.5, 2.0, 0.0) == 0.0);
+  CHECK(graddrop_keep_factor(0.2, 0.5, 2.0, 1.0) == 1.0);
+  CHECK(graddrop_keep_factor(1.0f, 0.0f, 1e-30f, 0.1f) == 1.0f);
+  CHECK(graddrop_keep_factor(0.0f, 0.999f, 1e-30f, 0.1f) == 0.1f);
+  CHECK(graddrop_keep_factor(0.0f, 0.0f, -1.0f, 0.1f) == 0.1f);  // P = U = 0: dropped
+  // NaN anywhere gives a finite factor (the caller multiplies, so a NaN gradient still shows).
+  CHECK(graddrop_keep_factor(kNaN, 0.5, 1.0, leak) == leak);
+  CHECK(graddrop_keep_factor(0.8, 0.5, kNaN, leak) == leak);
+}
+
+void test_sign_of() {
+  using fastmtl::sign_of;
+  CHECK(sign_of(-2.5) == -1.0);
+  CHECK(sign_of(0.0) == 0.0);
+  CHECK(sign_of(-0.0) == 0.0);
+  CHECK(sign_of(3.0) == 1.0);
+  CHECK(sign_of(1e-300) == 1.0);
+  CHECK(sign_of(-kInf) == -1.0);
+  CHECK(sign_of(kInf) == 1.0);
+  CHECK(std::isnan(sign_of(kNaN)));
+  CHECK(sign_of(-7.0f) == -1.0f);
+  CHECK(sign_of(0.0f) == 0.0f);
+  CHECK(sign_of(7.0f) == 1.0f);
+  CHECK(std::isnan(sign_of(std::numeric_limits<float>::quiet_NaN())));
+}
+
+}  // namespace
+
+int main() {
+  test_is_finite_value();
+  test_projection_coefficient();
+  test_pcgrad_two_tasks();
+  test_pcgrad_no_conflict();
+  test_pcgrad_zero_gradient_task();
+  test_pcgrad_non_finite();
+  test_pcgrad_order_skips();
+  test_pcgrad_order_matters();
+  test_graddrop_purity();
+  test_graddrop_keep_factor();
+  test_sign_of();
+  if (g_failures) {
+    std::fprintf(stderr, "test_surgery_math: %d check(s) failed\n", g_failures);
+    return 1;
+  }
+  std::printf("test_surgery_math: all checks passed\n");
+  return 0;
+}

@@ -1,0 +1,177 @@
+"""GradDrop: kernels vs reference (same Philox stream), reference vs the per-task paper
+algorithm and torchjd, and the properties the paper's construction implies."""
+
+import pytest
+import torch
+from conftest import ALL_IMPLS, COMPILED_IMPLS, DTYPES, OUTPUT_RTOL, assert_close_rel
+from oracles import graddrop_per_vector, random_gradients
+
+import fastmtl
+from fastmtl import reference
+
+
+def seeded(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def stream_of(seed, P):
+    """The uniforms U that graddrop draws for a generator seeded with `seed`."""
+    words = torch.randint(0, 2**62, (2,), generator=seeded(seed), dtype=torch.int64)
+    return reference.philox_uniform(words, P)
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+@pytest.mark.parametrize("T", [1, 2, 5, 8])
+def test_matches_per_task_paper_algorithm(impl, T):
+    G = random_gradients(T, 5000, seed=T, dtype=torch.float64)
+    leak = torch.linspace(0, 0.5, T, dtype=torch.float64)
+    out = fastmtl.graddrop(G, leak=leak, generator=seeded(T), impl=impl)
+    expected = graddrop_per_vector(G, stream_of(T, 5000), leak=leak)
+    assert_close_rel(out, expected, 1e-12)
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+def test_feature_level_signs_match_paper(impl):
+    G = random_gradients(4, 3000, seed=2, dtype=torch.float64)
+    activation = torch.randn(3000, dtype=torch.float64)
+    activation[:10] = 0  # sign 0: no coordinate kept unless leaked
+    out = fastmtl.graddrop(G, signs=activation, leak=0.25, generator=seeded(3), impl=impl)
+    expected = graddrop_per_vector(G, stream_of(3, 3000), leak=0.25, signs=activation)
+    assert_close_rel(out[10:], expected[10:], 1e-12)
+    assert_close_rel(out[:10], 0.25 * G[:, :10].sum(0), 1e-12)  # purity NaN-free, all dropped
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+def test_matches_torchjd_given_the_same_uniforms(impl, monkeypatch):
+    torchjd = pytest.importorskip("torchjd.aggregation")
+    G = random_gradients(4, 2000, seed=6, dtype=torch.float64)
+    leak = torch.tensor([0.0, 0.1, 0.5, 1.0], dtype=torch.float64)
+    U = stream_of(9, 2000).double()
+    aggregator = torchjd.GradDrop(leak=leak)
+    monkeypatch.setattr(torch, "rand", lambda *args, **kwargs: U)  # torchjd draws U with torch.rand
+    expected = aggregator(G)
+    monkeypatch.undo()
+    out = fastmtl.graddrop(G, leak=leak, generator=seeded(9), impl=impl)
+    assert_close_rel(out, expected, 1e-12)
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+def test_sign_consistent_coordinates_pass_whole(impl):
+    G = torch.rand(5, 4000) + 0.1
+    G[:, 2000:] *= -1  # first half all positive, second half all negative
+    out = fastmtl.graddrop(G, generator=seeded(1), impl=impl)
+    U = stream_of(1, 4000)
+    whole = U[2000:] > 0  # purity 0 is not < U = 0: the paper's strict inequality drops it
+    assert_close_rel(out[:2000], G[:, :2000].sum(0), 1e-6)
+    assert_close_rel(out[2000:][whole], G[:, 2000:].sum(0)[whole], 1e-6)
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+def test_leak_one_gives_the_sum(impl):
+    G = random_gradients(6, 10_000, seed=3)
+    assert_close_rel(fastmtl.graddrop(G, leak=1.0, impl=impl), G.sum(0), 1e-6)
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+def test_each_coordinate_is_the_positive_or_the_negative_part(impl):
+    G = random_gradients(5, 20_000, seed=4, dtype=torch.float64)
+    out = fastmtl.graddrop(G, generator=seeded(2), impl=impl)
+    positive, negative = G.clamp(min=0).sum(0), G.clamp(max=0).sum(0)
+    is_pos = torch.isclose(out, positive, rtol=1e-12, atol=1e-12)
+    is_neg = torch.isclose(out, negative, rtol=1e-12, atol=1e-12)
+    assert (is_pos | is_neg).all()
+    assert is_pos.any() and is_neg.any()
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+@pytest.mark.parametrize("column,purity", [((3.0, -1.0), 0.75), ((1.0, -1.0), 0.5), ((1.0, -9.0), 0.1)])
+def test_keep_frequency_tracks_purity(impl, column, purity):
+    P = 200_000
+    G = torch.tensor(column)[:, None].expand(2, P).contiguous()
+    out = fastmtl.graddrop(G, generator=seeded(7), impl=impl)
+    kept_positive = (out == column[0]).double().mean().item()
+    sigma = (purity * (1 - purity) / P) ** 0.5
+    assert abs(kept_positive - purity) < 5 * sigma
+    assert ((out == column[0]) | (out == column[1])).all()
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+def test_all_zero_coordinates_give_zero(impl):
+    G = torch.zeros(3, 1000)
+    G[:, 500:] = torch.randn(3, 500)
+    out = fastmtl.graddrop(G, impl=impl)
+    assert torch.equal(out[:500], torch.zeros(500))
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+def test_single_task_keeps_its_gradient(impl):
+    G = random_gradients(1, 5000, seed=8)
+    U = stream_of(4, 5000)
+    out = fastmtl.graddrop(G, generator=seeded(4), impl=impl)
+    kept = (G[0] > 0) | (U > 0)  # P = 1 or 0: kept unless U == 0 for a negative coordinate
+    assert torch.equal(out[kept], G[0][kept])
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+def test_nan_and_inf_propagate_per_coordinate(impl):
+    G = random_gradients(3, 1000, seed=5)
+    G[1, 10] = float("nan")
+    G[2, 20] = float("inf")
+    signs = torch.randn(1000)
+    signs[30] = float("nan")
+    out = fastmtl.graddrop(G, signs=signs, leak=0.1, impl=impl)
+    assert torch.isnan(out[10]) and torch.isnan(out[30])
+    assert not torch.isfinite(out[20])
+    finite = torch.ones(1000, dtype=torch.bool)
+    finite[[10, 20, 30]] = False
+    assert torch.isfinite(out[finite]).all()
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+def test_seeded_calls_reproduce_and_seeds_differ(impl):
+    G = random_gradients(4, 5000, seed=1)
+    a = fastmtl.graddrop(G, generator=seeded(11), impl=impl)
+    b = fastmtl.graddrop(G, generator=seeded(11), impl=impl)
+    c = fastmtl.graddrop(G, generator=seeded(12), impl=impl)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    torch.manual_seed(3)
+    d = fastmtl.graddrop(G, impl=impl)
+    torch.manual_seed(3)
+    assert torch.equal(d, fastmtl.graddrop(G, impl=impl))  # the default generator works too
+
+
+@pytest.mark.parametrize("impl", COMPILED_IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,P", [(1, 1), (2, 255), (3, 257), (8, 70_001), (16, 5000)])
+@pytest.mark.parametrize("with_signs", [False, True])
+def test_compiled_equals_reference(impl, dtype, T, P, with_signs):
+    G = random_gradients(T, P, seed=P + T, dtype=dtype)
+    signs = torch.randn(P).to(dtype) if with_signs else None
+    leak = torch.rand(T)
+    out = fastmtl.graddrop(G, leak=leak, signs=signs, generator=seeded(P), impl=impl)
+    ref = fastmtl.graddrop(G, leak=leak, signs=signs, generator=seeded(P), impl="torch")
+    assert out.dtype == dtype and out.shape == (P,)
+    # Same stream, same purity bits: the masks agree, so only the final rounding may differ.
+    # A flipped mask would be off by a whole |g_i|, far above this bound.
+    rtol = OUTPUT_RTOL[dtype] if dtype != torch.float32 else 1e-6
+    assert_close_rel(out, ref, rtol, f"{dtype}", scale=G.double().abs().max() * T)
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+def test_non_contiguous_input(impl):
+    base = random_gradients(3, 6002, seed=3, dtype=torch.float64)
+    for G in (base[:, ::2], base[:, :3001].T.contiguous().T, base[:, 1:3002]):
+        out = fastmtl.graddrop(G, generator=seeded(5), impl=impl)
+        assert_close_rel(out, graddrop_per_vector(G.contiguous(), stream_of(5, 3001)), 1e-12)
+
+
+def test_reference_philox_stream_matches_known_answer():
+    # Random123 known-answer vector for philox4x32_10: counter 0, key 0 ->
+    # 6627e8d5 e169c58d bc57ac4c 9b00dbd8. Element 64 * lane of block 0 takes word `lane`.
+    U = reference.philox_uniform(torch.tensor([0, 0]), 256)
+    words = [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+    for lane, word in enumerate(words):
+        assert U[64 * lane].item() == (word >> 8) / 16777216.0
+    assert (U >= 0).all() and (U < 1).all()

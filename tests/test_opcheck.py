@@ -1,0 +1,38 @@
+"""torch.library.opcheck on every operator: schema, fake (meta) kernels, dispatch under
+AOTAutograd, so torch.compile can trace them."""
+
+import pytest
+import torch
+
+import fastmtl
+
+pytestmark = pytest.mark.skipif(not fastmtl.HAS_EXT, reason="fastmtl._C not built")
+
+
+def cases():
+    G = torch.randn(4, 1000)
+    K = G @ G.T
+    order = torch.rand(4, 4).argsort(1)
+    seed = torch.tensor([3, 4])
+    yield "gram", (G,)
+    yield "gram", (G.double()[:, ::2],)
+    yield "gram", (G.half(),)
+    yield "pcgrad_weights", (K, order)
+    yield "pcgrad_weights", (K.double(), None)
+    yield "combine", (G, torch.rand(4))
+    yield "combine", (G.bfloat16(), torch.rand(4))
+    yield "combine_into", (G, torch.rand(4), torch.empty(1000))
+    yield "graddrop", (G, torch.rand(4), None, seed)
+    yield "graddrop", (G.double(), torch.rand(4).double(), torch.randn(1000).double(), seed)
+    yield "cluster_tasks", (torch.eye(4), 2, None, "average")
+    yield "cluster_tasks", (torch.eye(4), None, 0.5, "single")
+
+
+@pytest.mark.parametrize("name,args", list(cases()), ids=lambda value: value if isinstance(value, str) else "")
+def test_opcheck(name, args):
+    torch.library.opcheck(getattr(torch.ops.fastmtl, name).default, args)
+
+
+def test_every_registered_operator_is_opchecked():
+    registered = {name.split("::")[1] for name in torch._C._dispatch_get_all_op_names() if name.startswith("fastmtl::")}
+    assert registered == {name for name, _ in cases()}

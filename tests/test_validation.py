@@ -1,0 +1,154 @@
+"""Bad input gets a clear Python exception naming the problem; never a crash or a wrong number."""
+
+import pytest
+import torch
+from conftest import ALL_IMPLS
+
+import fastmtl
+from fastmtl import functional
+
+G_OK = torch.randn(3, 10)
+OPS = {
+    "gram": lambda G, impl: fastmtl.gram(G, impl=impl),
+    "cosine_similarity": lambda G, impl: fastmtl.cosine_similarity(G, impl=impl),
+    "project_conflicts": lambda G, impl: fastmtl.project_conflicts(G, impl=impl),
+    "graddrop": lambda G, impl: fastmtl.graddrop(G, impl=impl),
+    "aggregate_sum": lambda G, impl: fastmtl.aggregate(G, "sum", impl=impl),
+    "aggregate_mean": lambda G, impl: fastmtl.aggregate(G, "mean", impl=impl),
+}
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize(
+    "G,error,message",
+    [
+        (torch.randn(10), ValueError, "2-D"),
+        (torch.randn(2, 3, 4), ValueError, "2-D"),
+        (torch.randn(0, 10), ValueError, "empty"),
+        (torch.randn(3, 0), ValueError, "empty"),
+        (torch.ones(3, 10, dtype=torch.int64), TypeError, "floating-point"),
+        (torch.ones(3, 10, dtype=torch.bool), TypeError, "floating-point"),
+        ([[1.0, 2.0]], TypeError, "torch.Tensor"),
+    ],
+)
+def test_bad_gradient_matrix(impl, op, G, error, message):
+    with pytest.raises(error, match=message):
+        OPS[op](G, impl)
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+@pytest.mark.parametrize(
+    "leak,error,message",
+    [
+        (-0.1, ValueError, r"\[0, 1\]"),
+        (1.5, ValueError, r"\[0, 1\]"),
+        (float("nan"), ValueError, r"\[0, 1\]"),
+        (torch.tensor([0.1, 0.2, 1.2]), ValueError, r"\[0, 1\]"),
+        (torch.tensor([0.1, 0.2]), ValueError, "shape"),
+        (torch.tensor([0, 1, 0]), TypeError, "floating-point"),
+        ("0.1", TypeError, "leak"),
+        (torch.zeros(3, device="meta"), ValueError, "meta"),
+    ],
+)
+def test_bad_leak(impl, leak, error, message):
+    with pytest.raises(error, match=message):
+        fastmtl.graddrop(G_OK, leak=leak, impl=impl)
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+@pytest.mark.parametrize(
+    "signs,error,message",
+    [
+        (torch.randn(9), ValueError, "shape"),
+        (torch.randn(10, dtype=torch.float64), TypeError, "dtype"),
+        (torch.randn(10, device="meta"), ValueError, "meta"),
+        ([1.0] * 10, TypeError, "signs"),
+    ],
+)
+def test_bad_signs(impl, signs, error, message):
+    with pytest.raises(error, match=message):
+        fastmtl.graddrop(G_OK, signs=signs, impl=impl)
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="reduction"):
+        fastmtl.project_conflicts(G_OK, reduction="max")
+    with pytest.raises(ValueError, match="impl"):
+        fastmtl.gram(G_OK, impl="fortran")
+    with pytest.raises(TypeError, match="generator"):
+        fastmtl.project_conflicts(G_OK, generator=42)
+    with pytest.raises(ValueError, match="unknown method 'pcgard'"):
+        fastmtl.aggregate(G_OK, method="pcgard")
+    with pytest.raises(TypeError):
+        fastmtl.aggregate(G_OK, method="pcgrad", leak=0.1)  # an option of another method
+    with pytest.raises(ValueError, match="impl='cuda'"):
+        fastmtl.gram(G_OK, impl="cuda")
+
+
+def test_bad_out_argument():
+    with pytest.raises(ValueError, match="shape"):
+        fastmtl.project_conflicts(G_OK, out=torch.empty(9))
+    with pytest.raises(TypeError, match="dtype"):
+        fastmtl.project_conflicts(G_OK, out=torch.empty(10, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+@pytest.mark.parametrize(
+    "S,kwargs,error,message",
+    [
+        (torch.ones(3, 4), {"n_groups": 2}, ValueError, "square"),
+        (torch.ones(0, 0), {"n_groups": 1}, ValueError, "empty"),
+        (torch.ones(3, 3, dtype=torch.int64), {"n_groups": 2}, TypeError, "floating-point"),
+        (torch.tensor([[1.0, 0.5], [0.2, 1.0]]), {"n_groups": 1}, ValueError, "symmetric"),
+        (torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]]), {"n_groups": 1}, ValueError, "NaN"),
+        (torch.ones(3, 3), {}, ValueError, "exactly one"),
+        (torch.ones(3, 3), {"n_groups": 2, "threshold": 0.5}, ValueError, "exactly one"),
+        (torch.ones(3, 3), {"n_groups": 4}, ValueError, "n_groups"),
+        (torch.ones(3, 3), {"n_groups": 0}, ValueError, "n_groups"),
+        (torch.ones(3, 3), {"n_groups": 2.0}, TypeError, "n_groups"),
+        (torch.ones(3, 3), {"threshold": float("inf")}, ValueError, "threshold"),
+        (torch.ones(3, 3), {"n_groups": 2, "linkage": "ward"}, ValueError, "linkage"),
+    ],
+)
+def test_bad_clustering_input(impl, S, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        fastmtl.cluster_tasks(S, impl=impl, **kwargs)
+
+
+@pytest.mark.skipif(not fastmtl.HAS_EXT, reason="fastmtl._C not built")
+def test_direct_operator_calls_check_their_input():
+    # Calls that bypass the Python layer still fail cleanly (RuntimeError), never read out of bounds.
+    ops = torch.ops.fastmtl
+    seed = torch.tensor([1, 2])
+    with pytest.raises(RuntimeError, match="\\[T, P\\]"):
+        ops.gram(torch.randn(5))
+    with pytest.raises(RuntimeError, match="non-empty"):
+        ops.gram(torch.randn(0, 5))
+    with pytest.raises(RuntimeError, match="floating-point"):
+        ops.gram(torch.ones(2, 5, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="weights"):
+        ops.combine(torch.randn(3, 5), torch.ones(2))
+    with pytest.raises(RuntimeError, match="out"):
+        ops.combine_into(torch.randn(3, 5), torch.ones(3), torch.empty(4))
+    with pytest.raises(RuntimeError, match="leak"):
+        ops.graddrop(torch.randn(3, 5), torch.zeros(2), None, seed)
+    with pytest.raises(RuntimeError, match="seed"):
+        ops.graddrop(torch.randn(3, 5), torch.zeros(3), None, torch.tensor([1]))
+    with pytest.raises(RuntimeError, match="signs"):
+        ops.graddrop(torch.randn(3, 5), torch.zeros(3), torch.randn(4), seed)
+    with pytest.raises(RuntimeError, match="order"):
+        ops.pcgrad_weights(torch.eye(3), torch.zeros(2, 2, dtype=torch.int64))
+    with pytest.raises(RuntimeError, match="square"):
+        ops.pcgrad_weights(torch.ones(2, 3), None)
+    with pytest.raises(RuntimeError, match="exactly one"):
+        ops.cluster_tasks(torch.eye(3), None, None, "average")
+    with pytest.raises(RuntimeError, match="linkage"):
+        ops.cluster_tasks(torch.eye(3), 2, None, "ward")
+
+
+def test_pcgrad_weights_accepts_order_from_the_helper():
+    order = functional.pcgrad_order(5, shuffle=True, generator=torch.Generator().manual_seed(0), device="cpu")
+    assert order.shape == (5, 5) and order.dtype == torch.int64
+    assert all(sorted(row) == list(range(5)) for row in order.tolist())
+    assert functional.pcgrad_order(5, shuffle=False, generator=None, device="cpu") is None
