@@ -59,7 +59,7 @@ CANDIDATES = {
 }
 # These take seconds per call on big cases (tens of seconds per case with the rounds).
 SLOW = {("pcgrad", "libmtl-style"), ("graddrop", "torchjd")}
-SLOW_ABOVE = 4e7  # T * P
+SLOW_ABOVE = 4 * 10**7  # T * P
 
 # The solve on K [T, T] alone; a fresh order per call, as torchjd draws a fresh permutation.
 SOLVE_CANDIDATES = {
@@ -96,7 +96,7 @@ def rounds_for(T: int, P: int) -> int:
 )
 def test_op(benchmark, T, P, op, candidate):
     if (op, candidate) in SLOW and T * P > SLOW_ABOVE and not FULL:
-        pytest.skip(f"{candidate} {op} is slow at T*P > {SLOW_ABOVE:g}; set FASTMTL_BENCH_FULL=1")
+        pytest.skip(f"{candidate} {op} is slow at T*P > {size_label(SLOW_ABOVE)}; set FASTMTL_BENCH_FULL=1")
     G = task_matrix(T, P)
     benchmark.group = f"{op} T={T} P={size_label(P)}"
     benchmark.extra_info.update(op=op, T=T, P=P, candidate=candidate)

@@ -10,7 +10,7 @@
 
 #include "cpu/cpu_common.h"
 #include "cpu/cpu_ops.h"
-#include "fastmtl/philox.h"
+#include "cpu/philox_cpu.h"
 #include "fastmtl/surgery_math.h"
 
 namespace fastmtl::cpu {
@@ -43,7 +43,7 @@ FASTMTL_ALWAYS_INLINE void graddrop_range(const scalar_t* G, int64_t T, int64_t 
     for (int64_t t = 0; t < kTile; ++t) {
       sign[t] = (kHasSigns && t < len) ? sign_of(to_acc<acc_t>(signs[c0 + t])) : acc_t(1);
     }
-    philox_uniform_block(seed, static_cast<uint64_t>(c0 / kTile), uniform_bits);
+    philox_uniform_block_cpu(seed, static_cast<uint64_t>(c0 / kTile), uniform_bits);
     for (int64_t t = 0; t < kTile; ++t) uniform[t] = uniform_bits[t];
 
     for (int64_t v = 0; v < kTile; v += W) {
