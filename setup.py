@@ -31,7 +31,7 @@ def extension_modules():
     include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")]
     # -fopenmp: at::parallel_for is a header template; without it the pragma is ignored and
     # every kernel runs on one thread.
-    extra = {"cxx": ["-O3", "-fopenmp", *defines]}
+    extra = {"cxx": ["-O3", "-fopenmp", "-Wno-psabi", *defines]}
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         # The CUDA build of torch ships the CUDA library headers (cusparse.h, ...) in its nvidia wheels.

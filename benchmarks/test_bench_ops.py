@@ -20,21 +20,22 @@ from fastmtl.functional import pcgrad_order, pcgrad_weights
 from report import size_label
 
 
-def _env_list(name, default, parse):
+def _env_counts(name: str, default: list) -> list:
+    """A comma list of positive whole numbers from the environment: "2,8" or "1e5,4e6"."""
     raw = os.environ.get(name, "").strip()
-    return [parse(item) for item in raw.split(",") if item.strip()] if raw else default
+    if not raw:
+        return default
+    try:
+        values = [float(item) for item in raw.split(",") if item.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(value >= 1 and value.is_integer() for value in values):
+        raise ValueError(f"{name}={raw!r}: expected a comma list of positive whole numbers")
+    return [int(value) for value in values]
 
 
-def _count(text: str) -> int:
-    """'8' -> 8, '1e6' -> 1000000."""
-    value = float(text)
-    if value < 1 or not value.is_integer():
-        raise ValueError(f"{text!r} is not a positive whole number")
-    return int(value)
-
-
-TASKS = _env_list("FASTMTL_BENCH_T", [2, 4, 8, 16], _count)
-SIZES = _env_list("FASTMTL_BENCH_P", [10**5, 10**6, 4 * 10**6, 10**7], _count)
+TASKS = _env_counts("FASTMTL_BENCH_T", [2, 4, 8, 16])
+SIZES = _env_counts("FASTMTL_BENCH_P", [10**5, 10**6, 4 * 10**6, 10**7])
 FULL = os.environ.get("FASTMTL_BENCH_FULL") == "1"
 
 CANDIDATES = {

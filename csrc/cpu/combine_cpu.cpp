@@ -56,7 +56,7 @@ void combine_into_cpu(const at::Tensor& grads_in, const at::Tensor& weights, con
     scalar_t* o = out.data_ptr<scalar_t>();
     const int64_t row_stride = grads.stride(0);
     at::parallel_for(0, P, kChunkColumns / 2, [&](int64_t begin, int64_t end) {
-      run_best_isa([&]() FASTMTL_KERNEL_BODY { combine_range(G, T, row_stride, wp, begin, end, o); });
+      run_best_isa([&](auto) FASTMTL_KERNEL_BODY { combine_range(G, T, row_stride, wp, begin, end, o); });
     });
   });
 }

@@ -1,7 +1,7 @@
 #pragma once
 // What every CPU kernel shares: the accumulation type per input dtype, element conversion,
-// the column tiling constants, and running a kernel body compiled for AVX2+FMA when the
-// machine has it (the wheel-style baseline build is SSE2 only).
+// the column tiling constants, and running a kernel body compiled for AVX-512 or AVX2+FMA when
+// the machine has it (the baseline build is SSE2 only).
 #include <ATen/ATen.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "fastmtl/macros.h"
 
@@ -31,29 +32,43 @@ FASTMTL_ALWAYS_INLINE acc_t to_acc(scalar_t x) {
   return static_cast<acc_t>(x);
 }
 
-// 32-byte GCC/Clang vector of acc_t: one AVX2 register inside run_best_isa's AVX2 variant,
-// a pair of SSE registers in the baseline variant. Explicit vectors keep accumulators in
-// registers where auto-vectorisation would spill them.
-template <typename acc_t>
-struct Vec32;
+// GCC/Clang vector of acc_t, Bytes wide: a register of the ISA the kernel body is generated
+// for (run_best_isa passes the width). Explicit vectors keep accumulators in registers where
+// auto-vectorisation would spill them.
+template <typename acc_t, int Bytes>
+struct VectorOf;
 template <>
-struct Vec32<float> {
+struct VectorOf<float, 32> {
   typedef float type __attribute__((vector_size(32)));
 };
 template <>
-struct Vec32<double> {
+struct VectorOf<float, 64> {
+  typedef float type __attribute__((vector_size(64)));
+};
+template <>
+struct VectorOf<double, 32> {
   typedef double type __attribute__((vector_size(32)));
 };
-template <typename acc_t>
-using vec32 = typename Vec32<acc_t>::type;
-template <typename acc_t>
-constexpr int kVecLanes = 32 / sizeof(acc_t);
+template <>
+struct VectorOf<double, 64> {
+  typedef double type __attribute__((vector_size(64)));
+};
+template <typename acc_t, int Bytes>
+using vec = typename VectorOf<acc_t, Bytes>::type;
 
-template <typename acc_t>
-FASTMTL_ALWAYS_INLINE vec32<acc_t> load_vec(const acc_t* p) {
-  vec32<acc_t> v;
+template <typename V, typename acc_t>
+FASTMTL_ALWAYS_INLINE V load_vec(const acc_t* p) {
+  V v;
   std::memcpy(&v, p, sizeof(v));  // unaligned load
   return v;
+}
+
+// |x| by clearing the sign bit: one AND instead of compare, negate and select.
+template <typename V>
+FASTMTL_ALWAYS_INLINE V vec_abs(V x) {
+  using Bits = decltype(x < x);  // the same-width integer vector
+  const V zero = {};
+  return reinterpret_cast<V>(reinterpret_cast<Bits>(x) & ~reinterpret_cast<Bits>(-zero));
 }
 
 // Columns handled together: T rows x kTileColumns elements stay in L1 for the usual T <= 16.
@@ -64,9 +79,17 @@ constexpr int64_t kChunkColumns = 1 << 15;
 
 inline int64_t chunk_count(int64_t columns) { return (columns + kChunkColumns - 1) / kChunkColumns; }
 
+// Which instruction set a kernel body is generated for; it receives the tag and picks its
+// vector width from it.
+template <int Bytes>
+struct Isa {
+  static constexpr int kVectorBytes = Bytes;
+};
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-// The body must be a lambda marked FASTMTL_KERNEL_BODY and everything it calls in the hot loop
-// FASTMTL_ALWAYS_INLINE, so that it is inlined into, and code-generated for, the AVX2 caller.
+// The body must be a generic lambda `[&](auto isa) FASTMTL_KERNEL_BODY {...}` and everything it
+// calls in the hot loop FASTMTL_ALWAYS_INLINE, so that it is inlined into, and code-generated
+// for, the AVX-512 or AVX2 caller.
 #define FASTMTL_KERNEL_BODY __attribute__((always_inline))
 
 inline bool cpu_has_avx2_fma() {
@@ -74,24 +97,38 @@ inline bool cpu_has_avx2_fma() {
   return has;
 }
 
+inline bool cpu_has_avx512() {
+  static const bool has = cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f") &&
+                          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512bw");
+  return has;
+}
+
+template <typename Body>
+__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma"))) void run_avx512(const Body& body) {
+  body(Isa<64>{});
+}
+
 template <typename Body>
 __attribute__((target("avx2,fma"))) void run_avx2(const Body& body) {
-  body();
+  body(Isa<32>{});
 }
 
 template <typename Body>
 void run_best_isa(const Body& body) {
-  if (cpu_has_avx2_fma()) {
+  if (cpu_has_avx512()) {
+    run_avx512(body);
+  } else if (cpu_has_avx2_fma()) {
     run_avx2(body);
   } else {
-    body();
+    body(Isa<32>{});
   }
 }
 #else
 #define FASTMTL_KERNEL_BODY
 template <typename Body>
 void run_best_isa(const Body& body) {
-  body();
+  body(Isa<32>{});
 }
 #endif
 

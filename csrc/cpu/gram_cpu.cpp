@@ -15,17 +15,17 @@ namespace {
 
 // out[j] = x_i . x_j[j] over len elements, for NJ rows j at once: two vector chains per row j,
 // 2 * NJ independent FMA chains fed by 2 * (NJ + 1) loads.
-template <int NJ, typename acc_t>
+template <int NJ, int Bytes, typename acc_t>
 FASTMTL_ALWAYS_INLINE void dot_rows(const acc_t* xi, const acc_t* const* xj, int64_t len, acc_t* out) {
-  using V = vec32<acc_t>;
-  constexpr int W = kVecLanes<acc_t>;
+  using V = vec<acc_t, Bytes>;
+  constexpr int W = Bytes / sizeof(acc_t);
   V acc0[NJ] = {}, acc1[NJ] = {};
   int64_t c = 0;
   for (; c + 2 * W <= len; c += 2 * W) {
-    const V a0 = load_vec(xi + c), a1 = load_vec(xi + c + W);
+    const V a0 = load_vec<V>(xi + c), a1 = load_vec<V>(xi + c + W);
     for (int j = 0; j < NJ; ++j) {
-      acc0[j] += a0 * load_vec(xj[j] + c);
-      acc1[j] += a1 * load_vec(xj[j] + c + W);
+      acc0[j] += a0 * load_vec<V>(xj[j] + c);
+      acc1[j] += a1 * load_vec<V>(xj[j] + c + W);
     }
   }
   for (int j = 0; j < NJ; ++j) {
@@ -37,7 +37,7 @@ FASTMTL_ALWAYS_INLINE void dot_rows(const acc_t* xi, const acc_t* const* xj, int
   }
 }
 
-template <typename scalar_t>
+template <int Bytes, typename scalar_t>
 FASTMTL_ALWAYS_INLINE void gram_chunk(const scalar_t* G, int64_t T, int64_t row_stride, int64_t begin, int64_t end,
                                       double* partial) {
   using acc_t = acc_type<scalar_t>;
@@ -60,13 +60,13 @@ FASTMTL_ALWAYS_INLINE void gram_chunk(const scalar_t* G, int64_t T, int64_t row_
     for (int64_t i = 0; i < T; ++i) {
       int64_t j = i;
       for (; j + 4 <= T; j += 4) {
-        dot_rows<4>(rows[i], &rows[j], len, dots);
+        dot_rows<4, Bytes>(rows[i], &rows[j], len, dots);
         for (int k = 0; k < 4; ++k) partial[i * T + j + k] += dots[k];
       }
       const int64_t rest = T - j;
-      if (rest == 3) dot_rows<3>(rows[i], &rows[j], len, dots);
-      if (rest == 2) dot_rows<2>(rows[i], &rows[j], len, dots);
-      if (rest == 1) dot_rows<1>(rows[i], &rows[j], len, dots);
+      if (rest == 3) dot_rows<3, Bytes>(rows[i], &rows[j], len, dots);
+      if (rest == 2) dot_rows<2, Bytes>(rows[i], &rows[j], len, dots);
+      if (rest == 1) dot_rows<1, Bytes>(rows[i], &rows[j], len, dots);
       for (int64_t k = 0; k < rest; ++k) partial[i * T + j + k] += dots[k];
     }
   }
@@ -87,7 +87,9 @@ at::Tensor gram_cpu(const at::Tensor& grads_in) {
       for (int64_t chunk = first; chunk < last; ++chunk) {
         const int64_t begin = chunk * kChunkColumns, end = std::min(P, begin + kChunkColumns);
         double* partial = partials.data() + chunk * T * T;
-        run_best_isa([&]() FASTMTL_KERNEL_BODY { gram_chunk(G, T, row_stride, begin, end, partial); });
+        run_best_isa([&](auto isa) FASTMTL_KERNEL_BODY {
+          gram_chunk<decltype(isa)::kVectorBytes>(G, T, row_stride, begin, end, partial);
+        });
       }
     });
   });

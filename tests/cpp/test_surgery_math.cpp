@@ -243,27 +243,38 @@ void test_graddrop_purity() {
 }
 
 void test_graddrop_keep_factor() {
+  using fastmtl::graddrop_direction;
   using fastmtl::graddrop_keep_factor;
+  // keep(P, U, g) = factor of gradient g (activation sign s) at purity P and uniform U.
+  const auto keep = [](double P, double U, double g, double leak, double s = 1.0) {
+    return graddrop_keep_factor(g, graddrop_direction(P, U, s), leak);
+  };
   const double leak = 0.3;
   // P > U keeps the positive gradients, P < U the negative ones; kept is exactly 1, dropped exactly leak.
-  CHECK(graddrop_keep_factor(0.8, 0.5, 2.0, leak) == 1.0);
-  CHECK(graddrop_keep_factor(0.8, 0.5, -2.0, leak) == leak);
-  CHECK(graddrop_keep_factor(0.2, 0.5, -2.0, leak) == 1.0);
-  CHECK(graddrop_keep_factor(0.2, 0.5, 2.0, leak) == leak);
+  CHECK(keep(0.8, 0.5, 2.0, leak) == 1.0);
+  CHECK(keep(0.8, 0.5, -2.0, leak) == leak);
+  CHECK(keep(0.2, 0.5, -2.0, leak) == 1.0);
+  CHECK(keep(0.2, 0.5, 2.0, leak) == leak);
   // A zero gradient is never "kept"; neither is any gradient when P == U.
-  CHECK(graddrop_keep_factor(0.8, 0.5, 0.0, leak) == leak);
-  CHECK(graddrop_keep_factor(0.2, 0.5, 0.0, leak) == leak);
-  CHECK(graddrop_keep_factor(0.5, 0.5, 1.0, leak) == leak);
-  CHECK(graddrop_keep_factor(0.5, 0.5, -1.0, leak) == leak);
-  // leak 0 drops to exactly 0, leak 1 keeps everything; float too.
-  CHECK(graddrop_keep_factor(0.2, 0.5, 2.0, 0.0) == 0.0);
-  CHECK(graddrop_keep_factor(0.2, 0.5, 2.0, 1.0) == 1.0);
-  CHECK(graddrop_keep_factor(1.0f, 0.0f, 1e-30f, 0.1f) == 1.0f);
-  CHECK(graddrop_keep_factor(0.0f, 0.999f, 1e-30f, 0.1f) == 0.1f);
-  CHECK(graddrop_keep_factor(0.0f, 0.0f, -1.0f, 0.1f) == 0.1f);  // P = U = 0: dropped
+  CHECK(keep(0.8, 0.5, 0.0, leak) == leak);
+  CHECK(keep(0.2, 0.5, 0.0, leak) == leak);
+  CHECK(keep(0.5, 0.5, 1.0, leak) == leak);
+  CHECK(keep(0.5, 0.5, -1.0, leak) == leak);
+  // Feature level: a negative activation flips which raw gradient sign is kept; sign 0 keeps none.
+  CHECK(keep(0.8, 0.5, -2.0, leak, -1.0) == 1.0);
+  CHECK(keep(0.8, 0.5, 2.0, leak, -1.0) == leak);
+  CHECK(keep(0.8, 0.5, 2.0, leak, 0.0) == leak);
+  // leak 0 drops to exactly 0, leak 1 keeps everything; float too; tiny products never underflow
+  // into a wrong decision because the direction is exactly +-1.
+  CHECK(keep(0.2, 0.5, 2.0, 0.0) == 0.0);
+  CHECK(keep(0.2, 0.5, 2.0, 1.0) == 1.0);
+  CHECK(graddrop_keep_factor(1e-30f, graddrop_direction(1.0f, 0.0f, 1.0f), 0.1f) == 1.0f);
+  CHECK(graddrop_keep_factor(1e-30f, graddrop_direction(0.0f, 0.999f, 1.0f), 0.1f) == 0.1f);
+  CHECK(graddrop_keep_factor(-1.0f, graddrop_direction(0.0f, 0.0f, 1.0f), 0.1f) == 0.1f);  // P = U = 0
   // NaN anywhere gives a finite factor (the caller multiplies, so a NaN gradient still shows).
-  CHECK(graddrop_keep_factor(kNaN, 0.5, 1.0, leak) == leak);
-  CHECK(graddrop_keep_factor(0.8, 0.5, kNaN, leak) == leak);
+  CHECK(keep(kNaN, 0.5, 1.0, leak) == leak);
+  CHECK(keep(0.8, 0.5, kNaN, leak) == leak);
+  CHECK(keep(0.8, 0.5, 1.0, leak, kNaN) == leak);
 }
 
 void test_sign_of() {

@@ -57,16 +57,21 @@ FASTMTL_HOST_DEVICE inline acc_t graddrop_purity(acc_t signed_sum, acc_t abs_sum
   return abs_sum > acc_t(0) ? acc_t(0.5) * (acc_t(1) + signed_sum / abs_sum) : acc_t(0.5);
 }
 
-// The factor applied to task i's gradient at one coordinate: leak + (1 - leak) * M_i with
-// M_i = [P > U and g_i > 0] or [P < U and g_i < 0]; exactly 1 when kept, exactly leak when not.
-// g_signed is g_i times the activation sign in the feature-level form. Written without
-// branches (random masks mispredict) so the CPU loop vectorises. Callers multiply, never
-// select, so NaN/Inf gradients stay visible.
+// The sign GradDrop keeps at one coordinate, times the activation sign (1 for parameter-level
+// gradients): sel = +1 keeps the positive sign-corrected gradients (P > U), -1 the negative ones
+// (P < U), 0 none (P == U). Task i is kept iff g_i * direction > 0, which is the paper's
+// M_i = [P > U][sign g_i > 0] + [P < U][sign g_i < 0] exactly: every factor is +-1 or 0, so no
+// product rounds. One multiply and one compare per task, and no branch: the CPU loop vectorises.
 template <typename acc_t>
-FASTMTL_HOST_DEVICE inline acc_t graddrop_keep_factor(acc_t purity, acc_t uniform, acc_t g_signed, acc_t leak) {
-  const bool keep = ((purity > uniform) & (g_signed > acc_t(0))) | ((purity < uniform) & (g_signed < acc_t(0)));
-  const acc_t kept = static_cast<acc_t>(keep);
-  return kept + (acc_t(1) - kept) * leak;
+FASTMTL_HOST_DEVICE inline acc_t graddrop_direction(acc_t purity, acc_t uniform, acc_t activation_sign) {
+  return (static_cast<acc_t>(purity > uniform) - static_cast<acc_t>(purity < uniform)) * activation_sign;
+}
+
+// Factor applied to task i's gradient: leak + (1 - leak) M_i, i.e. exactly 1 when kept and
+// exactly leak when dropped. Callers multiply (never select) so NaN/Inf gradients stay visible.
+template <typename acc_t>
+FASTMTL_HOST_DEVICE inline acc_t graddrop_keep_factor(acc_t g, acc_t direction, acc_t leak) {
+  return g * direction > acc_t(0) ? acc_t(1) : leak;
 }
 
 // sign(x) as -1, 0 or +1 in acc_t; NaN stays NaN so a NaN activation poisons its coordinate.
