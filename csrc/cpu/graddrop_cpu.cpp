@@ -1,8 +1,8 @@
-// GradDrop (Chen et al. 2020) in one pass: per 256-column tile, sum the (sign-corrected) task
-// gradients and their magnitudes, form the purity P, draw U from Philox (block = tile, so every
-// path draws the same numbers), then add each task's gradient scaled by its keep factor.
-// The tile's rows stay in cache between the two walks, so G is read from memory once. The maths is
-// surgery_math.h's graddrop_purity / _direction / _keep_factor written on 32-byte vectors.
+// GradDrop (Chen et al. 2020) in one pass: per column tile, sum the (sign-corrected) task
+// gradients and their magnitudes, form the purity P, draw U from Philox (element n of the
+// stream, so every path draws the same numbers), then add each task's gradient scaled by its
+// keep factor. The tile's rows stay in cache between the two walks, so G is read from memory
+// once. The maths is surgery_math.h's graddrop_purity / _direction / _keep_factor on vectors.
 #include <ATen/Parallel.h>
 
 #include <cmath>
