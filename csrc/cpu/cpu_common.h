@@ -34,24 +34,24 @@ FASTMTL_ALWAYS_INLINE acc_t to_acc(scalar_t x) {
 
 // GCC/Clang vector of acc_t, Bytes wide: a register of the ISA the kernel body is generated
 // for (run_best_isa passes the width). Explicit vectors keep accumulators in registers where
-// auto-vectorisation would spill them.
+// auto-vectorisation would spill them. may_alias: a V* may point into an acc_t array.
 template <typename acc_t, int Bytes>
 struct VectorOf;
 template <>
 struct VectorOf<float, 32> {
-  typedef float type __attribute__((vector_size(32)));
+  typedef float type __attribute__((vector_size(32), __may_alias__));
 };
 template <>
 struct VectorOf<float, 64> {
-  typedef float type __attribute__((vector_size(64)));
+  typedef float type __attribute__((vector_size(64), __may_alias__));
 };
 template <>
 struct VectorOf<double, 32> {
-  typedef double type __attribute__((vector_size(32)));
+  typedef double type __attribute__((vector_size(32), __may_alias__));
 };
 template <>
 struct VectorOf<double, 64> {
-  typedef double type __attribute__((vector_size(64)));
+  typedef double type __attribute__((vector_size(64), __may_alias__));
 };
 template <typename acc_t, int Bytes>
 using vec = typename VectorOf<acc_t, Bytes>::type;
