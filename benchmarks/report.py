@@ -3,7 +3,8 @@
     python benchmarks/report.py results.json
 
 Per op, one Markdown table with one row per (T, P): the median ms of each candidate, then
-fastmtl-cpp's time as a multiple of the memory floor (one read of G) and the speed-up of
+fastmtl-cpp's time as a multiple of the memory floors (G.sum(0), and one contiguous read of G)
+and the speed-up of
 fastmtl-cpp over every other candidate (their time / fastmtl-cpp's time). Medians, not means:
 a shared 2-core machine gives a few slow outliers that would drag a mean.
 """
@@ -14,9 +15,9 @@ import json
 import sys
 
 OURS = "fastmtl-cpp"
-FLOOR = "floor"
+FLOORS = ("floor", "flat-read")  # G.sum(0) as specified, and one contiguous read of G
 # Column order; candidates not listed here follow in the order they first appear.
-KNOWN = [OURS, "fastmtl-torch", "torchjd", "libmtl-style", "torch-matmul", FLOOR]
+KNOWN = [OURS, "fastmtl-torch", "torchjd", "libmtl-style", "torch-matmul", *FLOORS]
 
 
 def size_label(P: int) -> str:
@@ -35,10 +36,9 @@ def _table(op: str, medians: dict) -> str:
     seen = [c for row in medians.values() for c in row]
     candidates = [c for c in KNOWN if c in seen] + [c for c in dict.fromkeys(seen) if c not in KNOWN]
     ratios = []  # (header, numerator, denominator)
-    if OURS in candidates and FLOOR in candidates:
-        ratios.append(("cpp x floor", OURS, FLOOR))
     if OURS in candidates:
-        ratios += [(f"speed-up vs {c}", c, OURS) for c in candidates if c not in (OURS, FLOOR)]
+        ratios += [(f"cpp x {floor}", OURS, floor) for floor in FLOORS if floor in candidates]
+        ratios += [(f"speed-up vs {c}", c, OURS) for c in candidates if c not in (OURS, *FLOORS)]
 
     header = ["T", "P"] + [f"{c} ms" for c in candidates] + [name for name, _, _ in ratios]
     lines = [f"### {op}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

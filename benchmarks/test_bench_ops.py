@@ -45,17 +45,20 @@ CANDIDATES = {
         "torchjd": peers.torchjd_pcgrad,
         "libmtl-style": peers.libmtl_style_pcgrad,
         "floor": peers.memory_floor,
+        "flat-read": peers.flat_read,
     },
     "graddrop": {
         "fastmtl-cpp": lambda G: fastmtl.graddrop(G, impl="cpp"),
         "fastmtl-torch": lambda G: fastmtl.graddrop(G, impl="torch"),
         "torchjd": peers.torchjd_graddrop,
         "floor": peers.memory_floor,
+        "flat-read": peers.flat_read,
     },
     "gram": {
         "fastmtl-cpp": lambda G: fastmtl.gram(G, impl="cpp"),
         "torch-matmul": lambda G: G @ G.T,
         "floor": peers.memory_floor,
+        "flat-read": peers.flat_read,
     },
 }
 # These take seconds per call on big cases (tens of seconds per case with the rounds).

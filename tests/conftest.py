@@ -5,8 +5,6 @@ import torch
 
 import fastmtl
 
-torch.set_flush_denormal(True)
-
 # The compiled paths are tested against impl="torch" (the reference), which is itself tested
 # against independent oracles (tests/oracles.py, torchjd, scipy, hand-computed cases).
 COMPILED_IMPLS = [
@@ -23,10 +21,6 @@ DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 OUTPUT_RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 
 
-def compiled_impl_for(device: str) -> str:
-    return "cuda" if device == "cuda" else "cpp"
-
-
 def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rtol: float, what: str = "", scale=None) -> None:
     """max |actual - expected| <= rtol * scale, scale = max |expected| unless given (e.g. the
     input's magnitude, where the expected output cancels to ~0)."""
@@ -35,7 +29,3 @@ def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rtol: float, 
     error = (actual - expected).abs().max()
     assert error <= rtol * scale, f"{what}: max error {float(error):.3g} > {rtol:.3g} x scale {float(scale):.3g}"
 
-
-@pytest.fixture
-def generator():
-    return torch.Generator().manual_seed(1234)

@@ -19,6 +19,20 @@ def test_sum_and_mean(impl):
     assert_close_rel(fastmtl.aggregate(G, "mean", impl=impl), G.mean(0), 1e-14)
 
 
+@pytest.mark.skipif(not fastmtl.HAS_EXT, reason="fastmtl._C not built")
+def test_combine_independent_of_thread_count():
+    G = random_gradients(5, 300_000, seed=4)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fastmtl.aggregate(G, "mean", impl="cpp")
+        torch.set_num_threads(max(2, threads))
+        many = fastmtl.aggregate(G, "mean", impl="cpp")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, many)
+
+
 @pytest.mark.parametrize("impl", ALL_IMPLS)
 def test_sum_propagates_nan(impl):
     G = random_gradients(3, 10, seed=1)

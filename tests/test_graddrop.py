@@ -144,7 +144,7 @@ def test_seeded_calls_reproduce_and_seeds_differ(impl):
 
 @pytest.mark.parametrize("impl", COMPILED_IMPLS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("T,P", [(1, 1), (2, 255), (3, 257), (8, 70_001), (16, 5000)])
+@pytest.mark.parametrize("T,P", [(1, 1), (2, 255), (3, 257), (5, 2049), (7, 32_774), (8, 70_001), (16, 5000), (64, 700)])
 @pytest.mark.parametrize("with_signs", [False, True])
 def test_compiled_equals_reference(impl, dtype, T, P, with_signs):
     G = random_gradients(T, P, seed=P + T, dtype=dtype)
@@ -153,10 +153,40 @@ def test_compiled_equals_reference(impl, dtype, T, P, with_signs):
     out = fastmtl.graddrop(G, leak=leak, signs=signs, generator=seeded(P), impl=impl)
     ref = fastmtl.graddrop(G, leak=leak, signs=signs, generator=seeded(P), impl="torch")
     assert out.dtype == dtype and out.shape == (P,)
-    # Same stream, same purity bits: the masks agree, so only the final rounding may differ.
-    # A flipped mask would be off by a whole |g_i|, far above this bound.
+    # Same stream and purity bits: only the final rounding may differ (exact masks are checked
+    # by test_compiled_masks_equal_reference_exactly).
     rtol = OUTPUT_RTOL[dtype] if dtype != torch.float32 else 1e-6
     assert_close_rel(out, ref, rtol, f"{dtype}", scale=G.double().abs().max() * T)
+
+
+@pytest.mark.parametrize("impl", COMPILED_IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,P", [(5, 300), (7, 2049), (13, 32_774), (16, 70_001)])
+@pytest.mark.parametrize("with_signs", [False, True])
+def test_compiled_masks_equal_reference_exactly(impl, dtype, T, P, with_signs):
+    # Small integers and leaks in {0, 1/2, 1}: every product and sum is exact in every dtype, so
+    # the outputs are bitwise equal iff every keep decision is the same.
+    gen = torch.Generator().manual_seed(T * P)
+    G = torch.randint(-8, 9, (T, P), generator=gen).to(dtype)
+    leak = torch.randint(0, 3, (T,), generator=gen).float() / 2
+    signs = torch.randint(-2, 3, (P,), generator=gen).to(dtype) if with_signs else None
+    out = fastmtl.graddrop(G, leak=leak, signs=signs, generator=seeded(T), impl=impl)
+    ref = fastmtl.graddrop(G, leak=leak, signs=signs, generator=seeded(T), impl="torch")
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("impl", COMPILED_IMPLS)
+def test_result_independent_of_thread_count(impl):
+    G = random_gradients(6, 200_000, seed=12)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fastmtl.graddrop(G, leak=0.3, generator=seeded(3), impl=impl)
+        torch.set_num_threads(max(2, threads))
+        many = fastmtl.graddrop(G, leak=0.3, generator=seeded(3), impl=impl)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, many)
 
 
 @pytest.mark.parametrize("impl", ALL_IMPLS)

@@ -15,7 +15,9 @@ def exact_gram(G):
 
 @pytest.mark.parametrize("impl", [*COMPILED_IMPLS, "torch"])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("T,P", [(1, 1), (1, 1000), (3, 7), (4, 4099), (8, 100_003), (16, 33_000), (5, 70_001)])
+@pytest.mark.parametrize(
+    "T,P", [(1, 1), (1, 1000), (3, 7), (4, 4099), (8, 100_003), (16, 33_000), (5, 70_001), (64, 5000), (200, 300)]
+)
 def test_gram_matches_float64_truth(impl, dtype, T, P):
     G = random_gradients(T, P, seed=T * P, dtype=dtype)
     K = fastmtl.gram(G, impl=impl)
@@ -55,8 +57,8 @@ def test_gram_non_contiguous(impl, layout):
     elif layout == "row_slice_of_wider":
         G = base[:, 10:10_011]  # rows contiguous, row stride > P
     else:
-        G = base[:, :6].T.contiguous().T.T  # a [6, 6] transpose view
-    assert not G.is_contiguous() or layout == "transposed_view"
+        G = base[:, :6].T  # a [6, 6] transpose view: stride (1, row length)
+    assert not G.is_contiguous()
     assert_close_rel(fastmtl.gram(G, impl=impl), exact_gram(G.contiguous()), 1e-5, layout)
 
 
@@ -95,6 +97,21 @@ def test_cosine_similarity(impl):
     G = random_gradients(4, 5000, seed=8, dtype=torch.float64)
     expected = torch.nn.functional.cosine_similarity(G[:, None, :], G[None, :, :], dim=-1)
     assert_close_rel(fastmtl.cosine_similarity(G, impl=impl), expected, 1e-12)
+
+
+@pytest.mark.parametrize("impl", [*COMPILED_IMPLS, "torch"])
+def test_cosine_is_exact_for_tiny_norms(impl):
+    G = 1e-6 * random_gradients(3, 1000, seed=4, dtype=torch.float64)
+    expected = torch.nn.functional.cosine_similarity(G[:, None, :], G[None, :, :], dim=-1)
+    C = fastmtl.cosine_similarity(G, impl=impl)
+    assert_close_rel(C, expected, 1e-10)
+    assert torch.allclose(C.diagonal(), torch.ones(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("eps", [0.0, -1.0, float("nan")])
+def test_cosine_rejects_non_positive_eps(eps):
+    with pytest.raises(ValueError, match="eps"):
+        fastmtl.cosine_similarity(torch.randn(2, 5), eps=eps)
 
 
 @pytest.mark.parametrize("impl", [*COMPILED_IMPLS, "torch"])

@@ -29,6 +29,8 @@ OPS = {
         (torch.randn(3, 0), ValueError, "empty"),
         (torch.ones(3, 10, dtype=torch.int64), TypeError, "floating-point"),
         (torch.ones(3, 10, dtype=torch.bool), TypeError, "floating-point"),
+        (torch.ones(3, 10).to(torch.float8_e4m3fn), TypeError, "floating-point"),
+        (torch.ones(3, 10, dtype=torch.complex64), TypeError, "floating-point"),
         ([[1.0, 2.0]], TypeError, "torch.Tensor"),
     ],
 )

@@ -25,23 +25,12 @@ FASTMTL_ALWAYS_INLINE void combine_range(const scalar_t* G, int64_t T, int64_t r
   }
 }
 
-void check_weights(const at::Tensor& grads, const at::Tensor& weights) {
-  TORCH_CHECK(weights.dim() == 1 && weights.size(0) == grads.size(0), "fastmtl: weights must be [T] = [",
-              grads.size(0), "], got ", weights.sizes());
-  TORCH_CHECK(weights.device() == grads.device(), "fastmtl: weights and grads must be on the same device");
-  TORCH_CHECK(at::isFloatingType(weights.scalar_type()), "fastmtl: weights must be floating-point");
-}
-
 }  // namespace
 
 void combine_into_cpu(const at::Tensor& grads_in, const at::Tensor& weights, const at::Tensor& out) {
-  check_task_matrix(grads_in, "grads");
+  check_task_matrix(grads_in);
   check_weights(grads_in, weights);
-  TORCH_CHECK(out.dim() == 1 && out.size(0) == grads_in.size(1), "fastmtl: out must be [P] = [", grads_in.size(1),
-              "], got ", out.sizes());
-  TORCH_CHECK(out.scalar_type() == grads_in.scalar_type(), "fastmtl: out dtype ", out.scalar_type(),
-              " differs from grads dtype ", grads_in.scalar_type());
-  TORCH_CHECK(out.device() == grads_in.device(), "fastmtl: out and grads must be on the same device");
+  check_out(grads_in, out);
   if (!out.is_contiguous()) {  // write densely, then scatter once
     out.copy_(combine_cpu(grads_in, weights));
     return;
@@ -62,7 +51,7 @@ void combine_into_cpu(const at::Tensor& grads_in, const at::Tensor& weights, con
 }
 
 at::Tensor combine_cpu(const at::Tensor& grads, const at::Tensor& weights) {
-  check_task_matrix(grads, "grads");
+  check_task_matrix(grads);
   at::Tensor out = at::empty({grads.size(1)}, grads.options().memory_format(at::MemoryFormat::Contiguous));
   combine_into_cpu(grads, weights, out);
   return out;

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -71,7 +72,7 @@ FASTMTL_ALWAYS_INLINE V vec_abs(V x) {
   return reinterpret_cast<V>(reinterpret_cast<Bits>(x) & ~reinterpret_cast<Bits>(-zero));
 }
 
-// Columns handled together: T rows x kTileColumns elements stay in L1 for the usual T <= 16.
+// Columns handled together: T rows x kTileColumns elements stay in L2 (64 KiB of float32 at T = 8).
 constexpr int64_t kTileColumns = 2048;
 // Columns per parallel work item. Fixed (not derived from the thread count) so that reductions
 // happen in the same order, and give the same bits, on any number of threads.
@@ -92,15 +93,23 @@ struct Isa {
 // for, the AVX-512 or AVX2 caller.
 #define FASTMTL_KERNEL_BODY __attribute__((always_inline))
 
+// FASTMTL_CPU_ISA=avx2|baseline caps the instruction set (read once), so tests can run every
+// variant on an AVX-512 machine.
+inline const char* cpu_isa_cap() {
+  static const char* cap = std::getenv("FASTMTL_CPU_ISA");
+  return cap ? cap : "";
+}
+
 inline bool cpu_has_avx2_fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool has = std::strcmp(cpu_isa_cap(), "baseline") != 0 && __builtin_cpu_supports("avx2") &&
+                          __builtin_cpu_supports("fma");
   return has;
 }
 
 inline bool cpu_has_avx512() {
-  static const bool has = cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f") &&
-                          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-                          __builtin_cpu_supports("avx512bw");
+  static const bool has = cpu_has_avx2_fma() && std::strcmp(cpu_isa_cap(), "avx2") != 0 &&
+                          __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
   return has;
 }
 

@@ -39,7 +39,7 @@ FASTMTL_ALWAYS_INLINE void graddrop_range(const scalar_t* G, int64_t T, int64_t 
   alignas(64) float uniform_bits[kTile];
   const acc_t* uniform = std::is_same<acc_t, float>::value ? reinterpret_cast<const acc_t*>(uniform_bits) : uniform_acc;
   const V zero = {};
-  const V one = zero + acc_t(1), half = zero + acc_t(0.5);
+  const V one = zero + acc_t(1);
   for (int64_t t = 0; t < kTile; ++t) sign[t] = acc_t(1);
   for (int64_t c0 = begin; c0 < end; c0 += kTile) {
     const int64_t len = std::min(kTile, end - c0);
@@ -62,23 +62,24 @@ FASTMTL_ALWAYS_INLINE void graddrop_range(const scalar_t* G, int64_t T, int64_t 
       philox_uniform_block_cpu(seed, static_cast<uint64_t>(c0 / kPhiloxBlockElements + b),
                                uniform_bits + b * kPhiloxBlockElements);
     }
+    // Lanes past the last column of a partial tile are never computed (their inputs are unset).
+    const int64_t vectors = (len + W - 1) / W;
     if (!std::is_same<acc_t, float>::value) {
-      for (int64_t t = 0; t < kTile; ++t) uniform_acc[t] = uniform_bits[t];
+      for (int64_t t = 0; t < vectors * W; ++t) uniform_acc[t] = uniform_bits[t];
     }
 
     // Per-tile lane accumulators (V may alias acc_t: see VectorOf).
-    constexpr int64_t kVectors = kTile / W;
     V* signed_sum = reinterpret_cast<V*>(sum_buffer);
     V* abs_sum = reinterpret_cast<V*>(abs_buffer);
     V* direction = reinterpret_cast<V*>(direction_buffer);
     V* acc = reinterpret_cast<V*>(result);
-    for (int64_t v = 0; v < kVectors; ++v) signed_sum[v] = abs_sum[v] = acc[v] = zero;
+    for (int64_t v = 0; v < vectors; ++v) signed_sum[v] = abs_sum[v] = acc[v] = zero;
     // kRowsPerWalk rows per walk: several memory streams in flight (one row at a time starves
     // DRAM), few enough that the walk stays cache-friendly when G fits in cache.
     // Sums still run over tasks in index order (as reference.graddrop): bitwise-equal purity.
     for (int64_t i0 = 0; i0 < T; i0 += kRowsPerWalk) {
       const int64_t rows_here = std::min<int64_t>(kRowsPerWalk, T - i0);
-      for (int64_t v = 0; v < kVectors; ++v) {
+      for (int64_t v = 0; v < vectors; ++v) {
         V s = signed_sum[v], a = abs_sum[v];
         for (int64_t i = i0; i < i0 + rows_here; ++i) {
           const V g = kHasSigns ? load_vec<V>(rows[i] + v * W) * load_vec<V>(sign + v * W) : load_vec<V>(rows[i] + v * W);
@@ -89,22 +90,19 @@ FASTMTL_ALWAYS_INLINE void graddrop_range(const scalar_t* G, int64_t T, int64_t 
         abs_sum[v] = a;
       }
     }
-    for (int64_t v = 0; v < kVectors; ++v) {  // graddrop_purity and graddrop_direction, lane-wise
-      const V u = load_vec<V>(uniform + v * W);
-      const V safe_abs = abs_sum[v] > zero ? abs_sum[v] : one;
-      const V purity = abs_sum[v] > zero ? half * (one + signed_sum[v] / safe_abs) : half;
-      const V selected = (purity > u ? one : zero) - (purity < u ? one : zero);
-      direction[v] = kHasSigns ? selected * load_vec<V>(sign + v * W) : selected;
+    for (int64_t v = 0; v < vectors; ++v) {
+      const V sgn = kHasSigns ? load_vec<V>(sign + v * W) : one;
+      direction[v] = graddrop_direction(graddrop_purity(signed_sum[v], abs_sum[v]), load_vec<V>(uniform + v * W), sgn);
     }
-    for (int64_t i = 0; i < T; ++i) {  // graddrop_keep_factor, lane-wise: 1 where kept, leak where dropped
-      const V dropped = zero + leak[i];
-      for (int64_t v = 0; v < kVectors; ++v) {
+    for (int64_t i = 0; i < T; ++i) {
+      const V leak_i = zero + leak[i];
+      for (int64_t v = 0; v < vectors; ++v) {
         const V g = load_vec<V>(rows[i] + v * W);
-        acc[v] += (g * direction[v] > zero ? one : dropped) * g;
+        acc[v] += graddrop_keep_factor(g, direction[v], leak_i) * g;
       }
     }
     if (kHasSigns) {  // 0, or NaN for a NaN activation: a NaN never vanishes
-      for (int64_t v = 0; v < kVectors; ++v) {
+      for (int64_t v = 0; v < vectors; ++v) {
         const V sgn = load_vec<V>(sign + v * W);
         acc[v] += sgn - sgn;
       }
@@ -117,24 +115,10 @@ FASTMTL_ALWAYS_INLINE void graddrop_range(const scalar_t* G, int64_t T, int64_t 
 
 at::Tensor graddrop_cpu(const at::Tensor& grads_in, const at::Tensor& leak, const std::optional<at::Tensor>& signs,
                         const at::Tensor& seed) {
-  check_task_matrix(grads_in, "grads");
+  check_graddrop_inputs(grads_in, leak, signs, seed);
   const at::Tensor grads = rows_contiguous(grads_in);
   const int64_t T = grads.size(0), P = grads.size(1);
-  TORCH_CHECK(leak.dim() == 1 && leak.size(0) == T, "fastmtl: leak must be [T] = [", T, "], got ", leak.sizes());
-  TORCH_CHECK(leak.device() == grads.device(), "fastmtl: leak and grads must be on the same device");
-  TORCH_CHECK(seed.dim() == 1 && seed.size(0) == 2 && seed.scalar_type() == at::kLong,
-              "fastmtl: seed must be an int64 tensor of 2 elements (key, offset), got ", seed.scalar_type(), " ",
-              seed.sizes());
-  TORCH_CHECK(seed.device() == grads.device(), "fastmtl: seed and grads must be on the same device");
-  at::Tensor sign_source;
-  if (signs.has_value()) {
-    TORCH_CHECK(signs->dim() == 1 && signs->size(0) == P, "fastmtl: signs must be [P] = [", P, "], got ",
-                signs->sizes());
-    TORCH_CHECK(signs->scalar_type() == grads.scalar_type(), "fastmtl: signs dtype ", signs->scalar_type(),
-                " differs from grads dtype ", grads.scalar_type());
-    TORCH_CHECK(signs->device() == grads.device(), "fastmtl: signs and grads must be on the same device");
-    sign_source = signs->contiguous();
-  }
+  const at::Tensor sign_source = signs.has_value() ? signs->contiguous() : at::Tensor();
   const at::Tensor seed_words = seed.contiguous();
   const PhiloxSeed philox = philox_seed_from_words(seed_words.const_data_ptr<int64_t>()[0],
                                                    seed_words.const_data_ptr<int64_t>()[1]);

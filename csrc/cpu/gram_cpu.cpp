@@ -75,17 +75,22 @@ FASTMTL_ALWAYS_INLINE void gram_chunk(const scalar_t* G, int64_t T, int64_t row_
 }  // namespace
 
 at::Tensor gram_cpu(const at::Tensor& grads_in) {
-  check_task_matrix(grads_in, "grads");
+  check_task_matrix(grads_in);
   const at::Tensor grads = rows_contiguous(grads_in);
   const int64_t T = grads.size(0), P = grads.size(1);
-  const int64_t chunks = chunk_count(P);
+  // At most kMaxChunks work items (each holds a T x T double partial), sized from P alone so
+  // the reduction order, and the bits, never depend on the thread count.
+  constexpr int64_t kMaxChunks = 64;
+  const int64_t chunk_columns =
+      std::max(kChunkColumns, (P + kMaxChunks * kTileColumns - 1) / (kMaxChunks * kTileColumns) * kTileColumns);
+  const int64_t chunks = (P + chunk_columns - 1) / chunk_columns;
   std::vector<double> partials(chunks * T * T, 0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads.scalar_type(), "fastmtl_gram_cpu", [&] {
     const scalar_t* G = grads.const_data_ptr<scalar_t>();
     const int64_t row_stride = grads.stride(0);
     at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
       for (int64_t chunk = first; chunk < last; ++chunk) {
-        const int64_t begin = chunk * kChunkColumns, end = std::min(P, begin + kChunkColumns);
+        const int64_t begin = chunk * chunk_columns, end = std::min(P, begin + chunk_columns);
         double* partial = partials.data() + chunk * T * T;
         run_best_isa([&](auto isa) FASTMTL_KERNEL_BODY {
           gram_chunk<decltype(isa)::kVectorBytes>(G, T, row_stride, begin, end, partial);

@@ -7,20 +7,10 @@
 namespace fastmtl::cpu {
 
 at::Tensor pcgrad_weights_cpu(const at::Tensor& gram, const std::optional<at::Tensor>& order) {
-  TORCH_CHECK(gram.dim() == 2 && gram.size(0) == gram.size(1) && gram.size(0) > 0,
-              "fastmtl: gram must be a non-empty square [T, T] matrix, got shape ", gram.sizes());
-  TORCH_CHECK(at::isFloatingType(gram.scalar_type()), "fastmtl: gram must be floating-point, got ",
-              gram.scalar_type());
+  check_pcgrad_inputs(gram, order);
   const int64_t T = gram.size(0);
   const at::Tensor K = gram.to(at::kDouble).contiguous();
-  at::Tensor order_rows;
-  if (order.has_value()) {
-    TORCH_CHECK(order->dim() == 2 && order->size(0) == T && order->size(1) == T,
-                "fastmtl: order must be [T, T] = [", T, ", ", T, "], got ", order->sizes());
-    TORCH_CHECK(order->scalar_type() == at::kLong, "fastmtl: order must be int64, got ", order->scalar_type());
-    TORCH_CHECK(order->device() == gram.device(), "fastmtl: order and gram must be on the same device");
-    order_rows = order->contiguous();
-  }
+  const at::Tensor order_rows = order.has_value() ? order->contiguous() : at::Tensor();
   std::vector<double> scratch(T), weights(T);
   pcgrad_solve<double, int64_t>(K.const_data_ptr<double>(), T,
                                 order.has_value() ? order_rows.const_data_ptr<int64_t>() : nullptr, scratch.data(),

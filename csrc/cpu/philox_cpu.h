@@ -95,15 +95,11 @@ __attribute__((target("avx512f"))) inline void philox_uniform_block_avx512(const
   }
 }
 
-inline bool cpu_has_avx512f() {
-  static const bool has = __builtin_cpu_supports("avx512f");
-  return has;
-}
 #endif
 
 inline void philox_uniform_block_cpu(const PhiloxSeed& seed, uint64_t block, float* out) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  if (cpu_has_avx512f()) {
+  if (cpu_has_avx512()) {
     philox_uniform_block_avx512(seed, block, out);
     return;
   }

@@ -4,15 +4,13 @@ FakeTensor can trace them without running them. Imported by _ext only when the e
 
 import torch
 
-
-def _gram_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from fastmtl.reference import accumulate_dtype
 
 
 @torch.library.register_fake("fastmtl::gram")
 def _gram_fake(grads):
     tasks = grads.shape[0]
-    return grads.new_empty((tasks, tasks), dtype=_gram_dtype(grads.dtype))
+    return grads.new_empty((tasks, tasks), dtype=accumulate_dtype(grads.dtype))
 
 
 @torch.library.register_fake("fastmtl::pcgrad_weights")

@@ -7,15 +7,18 @@ import math
 
 import torch
 
+from fastmtl.reference import accumulate_dtype
+
 IMPLS = ("auto", "cpp", "cuda", "torch")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def task_matrix(G, name: str = "G") -> torch.Tensor:
     """A [T, P] floating-point matrix with T > 0 and P > 0, detached (surgery is not differentiated)."""
     if not isinstance(G, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape [T, P], got {type(G).__name__}")
-    if not G.is_floating_point():
-        raise TypeError(f"{name} must have a floating-point dtype, got {G.dtype}")
+    if G.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have a floating-point dtype (float16, bfloat16, float32, float64), got {G.dtype}")
     if G.dim() != 2:
         raise ValueError(f"{name} must be a 2-D [T, P] matrix (one row per task), got shape {tuple(G.shape)}")
     if G.shape[0] == 0 or G.shape[1] == 0:
@@ -43,7 +46,7 @@ def generator_for(generator, device: torch.device):
 def leak_vector(leak, G: torch.Tensor) -> torch.Tensor:
     """GradDrop leak as a [T] tensor in G's accumulation dtype, each value in [0, 1]."""
     tasks = G.shape[0]
-    acc_dtype = torch.float64 if G.dtype == torch.float64 else torch.float32
+    acc_dtype = accumulate_dtype(G.dtype)
     if isinstance(leak, torch.Tensor):
         if not leak.is_floating_point():
             raise TypeError(f"leak must be a float or a floating-point tensor, got dtype {leak.dtype}")
@@ -94,6 +97,12 @@ def clustering_target(n_groups, threshold, tasks: int):
             raise ValueError(f"n_groups must lie in [1, T] = [1, {tasks}], got {n_groups}")
     elif isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+
+
+def positive(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
 
 
 def choice(value, options, name: str):

@@ -51,10 +51,12 @@ def gram(G: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
 
 
 def cosine_similarity(G: torch.Tensor, *, eps: float = 1e-8, impl: str = "auto") -> torch.Tensor:
-    """Pairwise cosine similarities [T, T] of the task gradients: K_ij / max(|g_i| |g_j|, eps).
+    """Pairwise cosine similarities [T, T] of the task gradients:
+    K_ij / (max(|g_i|, eps) max(|g_j|, eps)), as torch.nn.functional.cosine_similarity.
 
     A task with zero gradient has cosine 0 with every task (itself included), never NaN.
     """
+    eps = _validate.positive(eps, "eps")
     return reference.cosine_from_gram(gram(G, impl=impl), eps)
 
 
@@ -143,7 +145,7 @@ def graddrop(
     or a [T] tensor in [0, 1]); returns the sum over tasks. ``signs`` [P] (feature-level form):
     the activation whose sign multiplies each g_i before purity and mask are computed.
     U comes from a Philox stream seeded from ``generator``: a seeded call is reproducible and
-    gives the same result on every ``impl``. NaN/Inf in G or NaN in ``signs`` propagate to the
+    draws the same masks on every ``impl`` (results agree to the last bit of rounding). NaN/Inf in G or NaN in ``signs`` propagate to the
     affected coordinates.
     """
     G = _validate.task_matrix(G)
@@ -182,10 +184,9 @@ def cluster_tasks(
     S = _validate.similarity_matrix(S)
     _validate.clustering_target(n_groups, threshold, S.shape[0])
     _validate.choice(linkage, ("average", "single", "complete"), "linkage")
-    _validate.choice(impl, _validate.IMPLS, "impl")
     threshold = None if threshold is None else float(threshold)
-    # The kernel is a host (CPU) op whatever device S came from; "cuda" means "compiled" here.
-    if impl != "torch" and (impl != "auto" or HAS_EXT) and use_extension("cpp", S):
+    # S is on the host now; clustering has only the C++ kernel, so "cuda" runs that one too.
+    if use_extension("cpp" if impl == "cuda" else impl, S):
         labels = torch.ops.fastmtl.cluster_tasks(S, n_groups, threshold, linkage)
     else:
         labels = reference.cluster_tasks(S, n_groups, threshold, linkage)

@@ -22,13 +22,14 @@ def gram(G: torch.Tensor) -> torch.Tensor:
     """K = G G^T in the accumulation dtype."""
     X = G.to(accumulate_dtype(G.dtype))
     K = X @ X.T
-    return (K + K.T) / 2  # exactly symmetric, as the kernels' mirrored upper triangle
+    return torch.triu(K) + torch.triu(K, 1).T  # exactly symmetric: the kernels mirror the upper triangle
 
 
 def cosine_from_gram(K: torch.Tensor, eps: float) -> torch.Tensor:
-    """cos_ij = K_ij / max(|g_i| |g_j|, eps): zero-norm tasks get cosine 0, never NaN."""
-    norms = K.diagonal().clamp_min(0).sqrt()
-    return K / torch.outer(norms, norms).clamp_min(eps)
+    """cos_ij = K_ij / (max(|g_i|, eps) max(|g_j|, eps)), torch.nn.functional.cosine_similarity's
+    convention: zero-norm tasks get cosine 0, never NaN; tiny but non-zero norms are exact."""
+    norms = K.diagonal().clamp_min(0).sqrt().clamp_min(eps)
+    return K / torch.outer(norms, norms)
 
 
 def pcgrad_weights(K: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
@@ -44,7 +45,7 @@ def pcgrad_weights(K: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
         j = order[:, step]
         valid = (j != rows) & (j >= 0) & (j < T)
         j_safe = j.clamp(0, T - 1)
-        dot = (A @ Kd).gather(1, j_safe[:, None]).squeeze(1)  # g_i^PC . g_j
+        dot = (A * Kd[:, j_safe].T).sum(1)  # g_i^PC . g_j = sum_k A[i, k] K[k, j_i]
         norm_sq = Kd.diagonal()[j_safe]
         conflict = valid & (dot < 0) & (norm_sq > 0)
         coefficient = torch.where(conflict, dot / torch.where(norm_sq > 0, norm_sq, 1.0), 0.0)
@@ -77,13 +78,14 @@ def philox_uniform(seed: torch.Tensor, n: int) -> torch.Tensor:
     """n float32 uniforms in [0, 1) from Philox4x32-10 -- the stream of
     csrc/include/fastmtl/philox.h: element 256 b + 64 lane + k is word `lane` of the draw for
     counter 64 b + k (counter words 2, 3 = the offset)."""
-    key, offset = (int(word) & 0xFFFFFFFFFFFFFFFF for word in seed.tolist())
+    # Seed words stay on the device (no host sync); >> is arithmetic, so mask the high words.
+    key, offset = seed[0], seed[1]
     blocks = (n + 255) // 256
     groups = torch.arange(blocks * 64, dtype=torch.int64, device=seed.device)
     c0, c1 = groups & _MASK32, groups >> 32
-    c2 = torch.full_like(groups, offset & _MASK32)
-    c3 = torch.full_like(groups, offset >> 32)
-    k0, k1 = key & _MASK32, key >> 32
+    c2 = (offset & _MASK32).expand_as(groups)
+    c3 = ((offset >> 32) & _MASK32).expand_as(groups)
+    k0, k1 = key & _MASK32, (key >> 32) & _MASK32
     for _ in range(10):
         hi0, lo0 = _mulhilo32(0xD2511F53, c0)
         hi1, lo1 = _mulhilo32(0xCD9E8D57, c2)

@@ -50,28 +50,38 @@ FASTMTL_HOST_DEVICE inline void pcgrad_solve(const acc_t* K, int64_t T, const in
   }
 }
 
+// GradDrop helpers. Written for a scalar acc_t or a GCC/Clang vector of acc_t (`?:` selects
+// lane-wise on vectors), so the vectorised CPU kernel and the CUDA kernel run this same code.
+// `zero + x` broadcasts a constant to every lane in acc_t precision.
+
 // GradDrop sign purity (Chen et al. 2020): P = 1/2 (1 + sum g / sum |g|). A coordinate where
 // every task's gradient is zero has no sign to prefer: P = 1/2 (its output is zero anyway).
-template <typename acc_t>
-FASTMTL_HOST_DEVICE inline acc_t graddrop_purity(acc_t signed_sum, acc_t abs_sum) {
-  return abs_sum > acc_t(0) ? acc_t(0.5) * (acc_t(1) + signed_sum / abs_sum) : acc_t(0.5);
+template <typename T>
+FASTMTL_HOST_DEVICE inline T graddrop_purity(T signed_sum, T abs_sum) {
+  const T zero = T{};
+  const T one = zero + 1, half = one / 2;
+  const T safe_abs = abs_sum > zero ? abs_sum : one;
+  return abs_sum > zero ? half * (one + signed_sum / safe_abs) : half;
 }
 
 // The sign GradDrop keeps at one coordinate, times the activation sign (1 for parameter-level
-// gradients): sel = +1 keeps the positive sign-corrected gradients (P > U), -1 the negative ones
+// gradients): +1 keeps the positive sign-corrected gradients (P > U), -1 the negative ones
 // (P < U), 0 none (P == U). Task i is kept iff g_i * direction > 0, which is the paper's
 // M_i = [P > U][sign g_i > 0] + [P < U][sign g_i < 0] exactly: every factor is +-1 or 0, so no
-// product rounds. One multiply and one compare per task, and no branch: the CPU loop vectorises.
-template <typename acc_t>
-FASTMTL_HOST_DEVICE inline acc_t graddrop_direction(acc_t purity, acc_t uniform, acc_t activation_sign) {
-  return (static_cast<acc_t>(purity > uniform) - static_cast<acc_t>(purity < uniform)) * activation_sign;
+// product rounds. One multiply and one compare per task and no branch, so the CPU loop vectorises.
+template <typename T>
+FASTMTL_HOST_DEVICE inline T graddrop_direction(T purity, T uniform, T activation_sign) {
+  const T zero = T{};
+  const T one = zero + 1;
+  return ((purity > uniform ? one : zero) - (purity < uniform ? one : zero)) * activation_sign;
 }
 
 // Factor applied to task i's gradient: leak + (1 - leak) M_i, i.e. exactly 1 when kept and
 // exactly leak when dropped. Callers multiply (never select) so NaN/Inf gradients stay visible.
-template <typename acc_t>
-FASTMTL_HOST_DEVICE inline acc_t graddrop_keep_factor(acc_t g, acc_t direction, acc_t leak) {
-  return g * direction > acc_t(0) ? acc_t(1) : leak;
+template <typename T>
+FASTMTL_HOST_DEVICE inline T graddrop_keep_factor(T g, T direction, T leak) {
+  const T zero = T{};
+  return g * direction > zero ? zero + 1 : leak;
 }
 
 // sign(x) as -1, 0 or +1 in acc_t; NaN stays NaN so a NaN activation poisons its coordinate.
