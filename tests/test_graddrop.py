@@ -205,3 +205,10 @@ def test_reference_philox_stream_matches_known_answer():
     for lane, word in enumerate(words):
         assert U[64 * lane].item() == (word >> 8) / 16777216.0
     assert (U >= 0).all() and (U < 1).all()
+
+
+def test_reference_poisons_out_of_range_leak():
+    # The path for device tensors, whose leak is not read back to the host to be checked.
+    G = random_gradients(3, 50, seed=1)
+    out = reference.graddrop(G, torch.tensor([0.0, 1.5, 0.2]), None, stream_of(1, 50))
+    assert torch.isnan(out).all()

@@ -147,6 +147,8 @@ def test_direct_operator_calls_check_their_input():
         ops.cluster_tasks(torch.eye(3), None, None, "average")
     with pytest.raises(RuntimeError, match="linkage"):
         ops.cluster_tasks(torch.eye(3), 2, None, "ward")
+    with pytest.raises(RuntimeError, match="leak values"):
+        ops.graddrop(torch.randn(3, 5), torch.tensor([0.0, 1.5, 0.0]), None, seed)
 
 
 def test_pcgrad_weights_accepts_order_from_the_helper():

@@ -132,6 +132,7 @@ at::Tensor graddrop_cpu(const at::Tensor& grads_in, const at::Tensor& leak, cons
     using acc_t = acc_type<scalar_t>;
     const at::Tensor leak_acc = leak.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const acc_t* lp = leak_acc.const_data_ptr<acc_t>();
+    TORCH_CHECK(graddrop_leak_poison(lp, T) == acc_t(0), "fastmtl: leak values must lie in [0, 1]");
     const scalar_t* G = grads.const_data_ptr<scalar_t>();
     const scalar_t* sp = signs.has_value() ? sign_source.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* o = out.data_ptr<scalar_t>();

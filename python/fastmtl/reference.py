@@ -123,7 +123,14 @@ def graddrop(
         out = out + row_factor * row
     if signs is not None:
         out = out + (sign - sign)  # NaN activation -> NaN output, as in the kernels
-    return out.to(G.dtype)
+    return (out + graddrop_leak_poison(leak.to(acc))).to(G.dtype)
+
+
+def graddrop_leak_poison(leak: torch.Tensor) -> torch.Tensor:
+    """0, or NaN when any leak lies outside [0, 1]: added to every output so that a bad leak
+    on the device (not checked on the host, to avoid a sync) cannot pass silently."""
+    valid = ((leak >= 0) & (leak <= 1)).all()
+    return torch.where(valid, 0.0, float("nan")).to(leak.dtype)
 
 
 def cluster_tasks(S: torch.Tensor, n_groups: int | None, threshold: float | None, linkage: str) -> torch.Tensor:

@@ -21,31 +21,46 @@ FASTMTL_HOST_DEVICE inline acc_t projection_coefficient(acc_t dot_ij, acc_t norm
   return (dot_ij < acc_t(0) && norm_sq_j > acc_t(0)) ? dot_ij / norm_sq_j : acc_t(0);
 }
 
-// Exact PCGrad in Gram space (DESIGN.md §1). Each projected gradient g_i^PC = sum_k a_ik g_k is
-// kept as its coefficients a_i, starting at e_i; for j != i in order, d = (a_i K)_j and
-// a_ij -= d / K_jj when d < 0. The combined gradient is sum_i g_i^PC, so w = sum_i a_i.
-//   K      T x T Gram matrix, row-major, contiguous
-//   order  T x T, row i = the order in which task i meets the others (entries equal to i, or
-//          outside [0, T), are skipped), or nullptr for index order
-//   a      scratch of T
-//   w      output of T
-// A non-finite K makes every weight NaN so that the failure is visible downstream.
+// True when every entry of the T x T matrix K is finite.
+template <typename k_t>
+FASTMTL_HOST_DEVICE inline bool all_finite(const k_t* K, int64_t T) {
+  bool finite = true;
+  for (int64_t e = 0; e < T * T; ++e) finite = finite && is_finite_value(K[e]);
+  return finite;
+}
+
+// Exact PCGrad in Gram space (DESIGN.md §1), for one task i. The projected gradient
+// g_i^PC = sum_k a_k g_k is kept as its coefficients a, starting at e_i; for each j != i in
+// order, d = (a K)_j and a_j -= d / K_jj when d < 0 (always against the original g_j).
+//   K          T x T Gram matrix, row-major, contiguous (any floating type; maths in acc_t)
+//   order_row  the order in which task i meets the others (entries equal to i, or outside
+//              [0, T), are skipped), or nullptr for index order
+//   a          output: T coefficients
+// Tasks are independent: the CUDA kernel runs one task per thread.
+template <typename acc_t, typename k_t, typename index_t>
+FASTMTL_HOST_DEVICE inline void pcgrad_project_task(const k_t* K, int64_t T, const index_t* order_row, int64_t i,
+                                                    acc_t* a) {
+  for (int64_t k = 0; k < T; ++k) a[k] = acc_t(k == i);
+  for (int64_t step = 0; step < T; ++step) {
+    const int64_t j = order_row ? static_cast<int64_t>(order_row[step]) : step;
+    if (j == i || j < 0 || j >= T) continue;
+    acc_t dot = 0;  // (g_i^PC . g_j) = sum_k a_k K_kj
+    for (int64_t k = 0; k < T; ++k) dot += a[k] * static_cast<acc_t>(K[k * T + j]);
+    a[j] -= projection_coefficient(dot, static_cast<acc_t>(K[j * T + j]));
+  }
+}
+
+// The PCGrad weights w (sum_i g_i^PC = w . G) for all tasks; order is T x T (row i = task i's
+// order) or nullptr. A non-finite K makes every weight NaN so the failure is visible downstream.
+//   a  scratch of T;  w  output of T
 template <typename acc_t, typename index_t>
 FASTMTL_HOST_DEVICE inline void pcgrad_solve(const acc_t* K, int64_t T, const index_t* order, acc_t* a,
                                              acc_t* w) {
-  bool finite = true;
-  for (int64_t e = 0; e < T * T; ++e) finite = finite && is_finite_value(K[e]);
+  const bool finite = all_finite(K, T);
   for (int64_t k = 0; k < T; ++k) w[k] = finite ? acc_t(0) : acc_t(0) / acc_t(0);
   if (!finite) return;
   for (int64_t i = 0; i < T; ++i) {
-    for (int64_t k = 0; k < T; ++k) a[k] = acc_t(k == i);
-    for (int64_t step = 0; step < T; ++step) {
-      const int64_t j = order ? static_cast<int64_t>(order[i * T + step]) : step;
-      if (j == i || j < 0 || j >= T) continue;
-      acc_t dot = 0;  // (g_i^PC . g_j) = sum_k a_ik K_kj
-      for (int64_t k = 0; k < T; ++k) dot += a[k] * K[k * T + j];
-      a[j] -= projection_coefficient(dot, K[j * T + j]);
-    }
+    pcgrad_project_task(K, T, order ? order + i * T : nullptr, i, a);
     for (int64_t k = 0; k < T; ++k) w[k] += a[k];
   }
 }
@@ -82,6 +97,15 @@ template <typename T>
 FASTMTL_HOST_DEVICE inline T graddrop_keep_factor(T g, T direction, T leak) {
   const T zero = T{};
   return g * direction > zero ? zero + 1 : leak;
+}
+
+// 0, or NaN when any of the T leaks lies outside [0, 1]: added to every GradDrop output so a
+// bad leak that was not checked on the host (device tensors are not read back) is visible.
+template <typename acc_t>
+FASTMTL_HOST_DEVICE inline acc_t graddrop_leak_poison(const acc_t* leak, int64_t T) {
+  bool valid = true;
+  for (int64_t i = 0; i < T; ++i) valid = valid && leak[i] >= acc_t(0) && leak[i] <= acc_t(1);
+  return valid ? acc_t(0) : acc_t(0) / acc_t(0);
 }
 
 // sign(x) as -1, 0 or +1 in acc_t; NaN stays NaN so a NaN activation poisons its coordinate.

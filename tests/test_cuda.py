@@ -1,0 +1,243 @@
+"""CUDA kernels against the CPU reference and the per-vector oracles, on a GPU. Every test
+skips cleanly without one (or with a CPU-only build). Run on a GPU by scripts/gpu_suite.sh."""
+
+import pytest
+import torch
+from conftest import DTYPES, OUTPUT_RTOL, assert_close_rel
+from oracles import graddrop_per_vector, pcgrad_per_vector, random_gradients
+
+import fastmtl
+from fastmtl import functional, reference
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+    pytest.mark.skipif(not fastmtl.HAS_CUDA, reason="fastmtl._C built without CUDA kernels"),
+]
+SHAPES = [(1, 1), (2, 7), (3, 1000), (5, 4099), (8, 65_537), (16, 33_000), (33, 2049), (64, 1000), (80, 300)]
+
+
+def cuda(tensor):
+    return tensor.to("cuda")
+
+
+def seed_words(seed: int) -> torch.Tensor:
+    return torch.randint(0, 2**62, (2,), generator=torch.Generator().manual_seed(seed), dtype=torch.int64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,P", SHAPES)
+def test_gram_matches_cpu(dtype, T, P):
+    G = random_gradients(T, P, seed=T + P, dtype=dtype)
+    K = fastmtl.gram(cuda(G), impl="cuda")
+    assert K.is_cuda and K.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert torch.equal(K, K.T)
+    truth = G.double() @ G.double().T
+    assert_close_rel(K, truth, 1e-12 if dtype == torch.float64 else 2e-6, f"{dtype}")
+
+
+@pytest.mark.parametrize("layout", ["strided_columns", "column_major", "unaligned_rows"])
+def test_gram_non_contiguous_and_unaligned(layout):
+    base = cuda(random_gradients(6, 20_003, seed=1))
+    G = {"strided_columns": base[:, ::2], "column_major": base.T.contiguous().T, "unaligned_rows": base[:, 1:]}[layout]
+    assert_close_rel(fastmtl.gram(G, impl="cuda"), (G.double() @ G.double().T).cpu(), 2e-6, layout)
+
+
+@pytest.mark.parametrize("T", [1, 2, 5, 16, 70])
+def test_pcgrad_weights_match_cpu(T):
+    G = random_gradients(T, 500, seed=T, dtype=torch.float64)
+    K = G @ G.T
+    order = functional.pcgrad_order(T, shuffle=True, generator=torch.Generator().manual_seed(T), device="cpu")
+    for o in (None, order):
+        expected = functional.pcgrad_weights(K, o, impl="cpp" if fastmtl.HAS_EXT else "torch")
+        got = functional.pcgrad_weights(cuda(K), None if o is None else cuda(o), impl="cuda")
+        assert_close_rel(got, expected, 1e-12)
+
+
+def test_pcgrad_weights_nan_gram_gives_nan():
+    K = torch.eye(3, device="cuda")
+    K[1, 2] = float("nan")
+    assert torch.isnan(functional.pcgrad_weights(K, None, impl="cuda")).all()
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 8, 16])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_project_conflicts_matches_per_vector(T, reduction):
+    G = random_gradients(T, 3001, seed=T, dtype=torch.float64)
+    out = fastmtl.project_conflicts(cuda(G), shuffle=False, reduction=reduction, impl="cuda")
+    assert_close_rel(out, pcgrad_per_vector(G, reduction=reduction), 1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,P", SHAPES)
+def test_project_conflicts_matches_reference(dtype, T, P):
+    G = random_gradients(T, P, seed=P, dtype=dtype)
+    out = fastmtl.project_conflicts(cuda(G), shuffle=False, impl="cuda")
+    ref = fastmtl.project_conflicts(G, shuffle=False, impl="torch")
+    rtol = OUTPUT_RTOL[dtype] if dtype != torch.float32 else 1e-5
+    assert out.dtype == dtype
+    assert_close_rel(out, ref, rtol, f"{dtype}", scale=G.double().abs().max() * T)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_error_bounded_by_plain_pytorch(dtype):
+    G = random_gradients(8, 20_000, seed=5, dtype=dtype)
+    truth = pcgrad_per_vector(G.double(), None)
+    out = fastmtl.project_conflicts(cuda(G), shuffle=False, impl="cuda").double().cpu()
+    w = functional.pcgrad_weights(G.double() @ G.double().T, None, impl="torch")
+    plain = (cuda(w.to(dtype)) @ cuda(G)).double().cpu()  # plain PyTorch in the same precision
+    assert (out - truth).abs().max() <= 4 * (plain - truth).abs().max() + 1e-6
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,P", SHAPES)
+def test_combine_matches_reference(dtype, T, P):
+    G = random_gradients(T, P, seed=3, dtype=dtype)
+    w = torch.rand(T)
+    out = functional.combine(cuda(G), cuda(w), impl="cuda")
+    rtol = OUTPUT_RTOL[dtype] if dtype != torch.float32 else 1e-5
+    assert_close_rel(out, reference.combine(G, w), rtol, f"{dtype}", scale=G.double().abs().max() * T)
+
+
+def test_combine_into_unaligned_and_strided_out():
+    G = cuda(random_gradients(4, 10_001, seed=2))
+    w = cuda(torch.rand(4))
+    expected = reference.combine(G.cpu(), w.cpu())
+    for out in (torch.zeros(10_001, device="cuda"), torch.zeros(20_002, device="cuda")[::2],
+                torch.zeros(10_002, device="cuda")[1:]):
+        functional.combine(G, w, out=out, impl="cuda")
+        assert_close_rel(out, expected, 1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,P", [(1, 1), (2, 255), (3, 257), (7, 32_774), (16, 70_001), (64, 700)])
+@pytest.mark.parametrize("with_signs", [False, True])
+def test_graddrop_same_masks_as_reference(dtype, T, P, with_signs):
+    # Small integers and leaks in {0, 1/2, 1}: exact arithmetic, so equal outputs <=> equal masks.
+    gen = torch.Generator().manual_seed(T * P)
+    G = torch.randint(-8, 9, (T, P), generator=gen).to(dtype)
+    leak = torch.randint(0, 3, (T,), generator=gen).float() / 2
+    signs = torch.randint(-2, 3, (P,), generator=gen).to(dtype) if with_signs else None
+    seed = seed_words(T)
+    out = torch.ops.fastmtl.graddrop(cuda(G), cuda(leak), None if signs is None else cuda(signs), cuda(seed))
+    ref = reference.graddrop(G, leak, signs, reference.philox_uniform(seed, P))
+    assert torch.equal(out.cpu(), ref)
+
+
+def test_graddrop_float_matches_paper_algorithm():
+    G = random_gradients(5, 5000, seed=5, dtype=torch.float64)
+    leak = torch.linspace(0, 0.5, 5, dtype=torch.float64)
+    seed = seed_words(3)
+    out = torch.ops.fastmtl.graddrop(cuda(G), cuda(leak), None, cuda(seed))
+    assert_close_rel(out, graddrop_per_vector(G, reference.philox_uniform(seed, 5000), leak=leak), 1e-12)
+
+
+def test_graddrop_keep_frequency_matches_cpu_statistics():
+    P = 400_000
+    G = torch.tensor([3.0, -1.0], device="cuda")[:, None].expand(2, P).contiguous()  # purity 0.75
+    out = fastmtl.graddrop(G, generator=torch.Generator("cuda").manual_seed(7), impl="cuda")
+    kept = (out == 3.0).double().mean().item()
+    assert abs(kept - 0.75) < 5 * (0.75 * 0.25 / P) ** 0.5
+
+
+def test_graddrop_nan_propagates():
+    G = cuda(random_gradients(3, 1000, seed=5))
+    G[1, 10] = float("nan")
+    signs = torch.randn(1000, device="cuda")
+    signs[30] = float("nan")
+    out = fastmtl.graddrop(G, signs=signs, impl="cuda")
+    assert torch.isnan(out[10]) and torch.isnan(out[30])
+    assert torch.isfinite(out[:10]).all()
+
+
+def test_seeded_calls_reproduce():
+    G = cuda(random_gradients(4, 50_000, seed=1))
+    a = fastmtl.graddrop(G, generator=torch.Generator("cuda").manual_seed(3), impl="cuda")
+    b = fastmtl.graddrop(G, generator=torch.Generator("cuda").manual_seed(3), impl="cuda")
+    c = fastmtl.graddrop(G, generator=torch.Generator("cuda").manual_seed(4), impl="cuda")
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    p = fastmtl.project_conflicts(G, generator=torch.Generator("cuda").manual_seed(3), impl="cuda")
+    q = fastmtl.project_conflicts(G, generator=torch.Generator("cuda").manual_seed(3), impl="cuda")
+    assert torch.equal(p, q)
+
+
+def test_no_host_synchronisation():
+    G = cuda(random_gradients(8, 100_000, seed=2))
+    leak = torch.full((8,), 0.1, device="cuda")
+    fastmtl.project_conflicts(G)  # warm up (lazy init may sync once)
+    fastmtl.graddrop(G, leak=leak)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fastmtl.project_conflicts(G)
+        fastmtl.project_conflicts(G, shuffle=False, reduction="mean")
+        fastmtl.graddrop(G, leak=0.2)
+        fastmtl.gram(G)
+        fastmtl.aggregate(G, "sum")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_cuda_graph_capture_and_replay():
+    G = cuda(random_gradients(8, 100_000, seed=6))
+    static_out = torch.empty(100_000, device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm up off the default stream, as torch requires
+        for _ in range(2):
+            fastmtl.project_conflicts(G, out=static_out)
+            fastmtl.graddrop(G, leak=1.0)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fastmtl.project_conflicts(G, shuffle=False, out=static_out)
+        summed = fastmtl.graddrop(G, leak=1.0)
+        shuffled = fastmtl.project_conflicts(G)
+    new = cuda(random_gradients(8, 100_000, seed=7))
+    G.copy_(new)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_close_rel(static_out, pcgrad_per_vector(new.cpu()), 1e-5)
+    assert_close_rel(summed, new.sum(0), 1e-5)
+    assert torch.isfinite(shuffled).all()
+
+
+def test_mixed_devices_and_dtypes_are_rejected():
+    G = cuda(torch.randn(3, 10))
+    with pytest.raises(ValueError, match="cpu"):
+        fastmtl.graddrop(G, signs=torch.randn(10))
+    with pytest.raises(ValueError, match="cpu"):
+        fastmtl.graddrop(G, leak=torch.zeros(3))
+    with pytest.raises(TypeError, match="dtype"):
+        fastmtl.graddrop(G, signs=torch.randn(10, device="cuda", dtype=torch.float64))
+    with pytest.raises(ValueError, match="generator"):
+        fastmtl.project_conflicts(G, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="impl='cpp'"):
+        fastmtl.gram(G, impl="cpp")
+    with pytest.raises(RuntimeError, match="same device|is on"):
+        torch.ops.fastmtl.combine(G, torch.ones(3))
+    with pytest.raises(RuntimeError, match="seed"):
+        torch.ops.fastmtl.graddrop(G, torch.zeros(3, device="cuda"), None, torch.tensor([1, 2]))
+
+
+@pytest.mark.parametrize("impl", ["cuda", "torch"])
+def test_leak_out_of_range_on_device_poisons_the_result(impl):
+    # Not read back to the host (no sync), so not an exception: the whole result is NaN.
+    G = cuda(torch.randn(3, 10))
+    out = fastmtl.graddrop(G, leak=torch.tensor([0.1, 2.0, 0.0], device="cuda"), impl=impl)
+    assert torch.isnan(out).all()
+
+
+def test_opcheck_cuda():
+    G = cuda(torch.randn(4, 1000))
+    K = G @ G.T
+    order = torch.rand(4, 4, device="cuda").argsort(1)
+    seed = cuda(seed_words(1))
+    cases = [
+        (torch.ops.fastmtl.gram.default, (G,)),
+        (torch.ops.fastmtl.pcgrad_weights.default, (K, order)),
+        (torch.ops.fastmtl.combine.default, (G, torch.rand(4, device="cuda"))),
+        (torch.ops.fastmtl.combine_into.default, (G, torch.rand(4, device="cuda"), torch.empty(1000, device="cuda"))),
+        (torch.ops.fastmtl.graddrop.default, (G, torch.rand(4, device="cuda"), None, seed)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
