@@ -36,10 +36,15 @@ def test_gram_matches_cpu(dtype, T, P):
     assert_close_rel(K, truth, 1e-12 if dtype == torch.float64 else 2e-6, f"{dtype}")
 
 
-@pytest.mark.parametrize("layout", ["strided_columns", "column_major", "unaligned_rows"])
+@pytest.mark.parametrize("layout", ["strided_columns", "column_major", "unaligned_rows", "aligned_ragged_end"])
 def test_gram_non_contiguous_and_unaligned(layout):
-    base = cuda(random_gradients(6, 20_003, seed=1))
-    G = {"strided_columns": base[:, ::2], "column_major": base.T.contiguous().T, "unaligned_rows": base[:, 1:]}[layout]
+    base = cuda(random_gradients(6, 20_008, seed=1))
+    G = {
+        "strided_columns": base[:, ::2],
+        "column_major": base.T.contiguous().T,
+        "unaligned_rows": base[:, 1:],
+        "aligned_ragged_end": base[:, :20_001],  # packed loads with a partial last pack
+    }[layout]
     assert_close_rel(fastmtl.gram(G, impl="cuda"), (G.double() @ G.double().T).cpu(), 2e-6, layout)
 
 
@@ -100,13 +105,13 @@ def test_combine_matches_reference(dtype, T, P):
 
 
 def test_combine_into_unaligned_and_strided_out():
-    G = cuda(random_gradients(4, 10_001, seed=2))
     w = cuda(torch.rand(4))
-    expected = reference.combine(G.cpu(), w.cpu())
-    for out in (torch.zeros(10_001, device="cuda"), torch.zeros(20_002, device="cuda")[::2],
-                torch.zeros(10_002, device="cuda")[1:]):
-        functional.combine(G, w, out=out, impl="cuda")
-        assert_close_rel(out, expected, 1e-5)
+    for G in (cuda(random_gradients(4, 10_001, seed=2)), cuda(random_gradients(4, 10_008, seed=2))[:, :10_001]):
+        expected = reference.combine(G.cpu(), w.cpu())
+        for out in (torch.zeros(10_001, device="cuda"), torch.zeros(20_002, device="cuda")[::2],
+                    torch.zeros(10_002, device="cuda")[1:]):
+            functional.combine(G, w, out=out, impl="cuda")
+            assert_close_rel(out, expected, 1e-5)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -39,10 +39,13 @@ __global__ void __launch_bounds__(kThreads)
     gram_partial_kernel(const scalar_t* __restrict__ G, int T, int64_t P, int64_t row_stride,
                         acc_t* __restrict__ partials) {
   constexpr int kTile = tile_columns<acc_t>();
-  static_assert(kThreads * kMaxAssignments <= kMaxTasks * kTile, "the final fold reuses the tile's memory");
-  __shared__ acc_t tile[kMaxTasks * kTile];
+  // Rows padded by one element: lanes reading one column of different rows hit different banks.
+  constexpr int kRow = kTile + 1;
+  static_assert(kThreads * kMaxAssignments <= kMaxTasks * kRow, "the final fold reuses the tile's memory");
+  __shared__ acc_t tile[kMaxTasks * kRow];
   const int pairs = T * (T + 1) / 2;
   // Small T: several threads share a pair, each summing every slices-th column of the tile.
+  // Assignment q = pair * slices + slice: neighbouring lanes take neighbouring columns.
   const int slices = max(1, kThreads / pairs);
   const int assignments = pairs * slices;
   acc_t acc[kMaxAssignments];
@@ -50,7 +53,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int r = 0; r < kMaxAssignments; ++r) {
     acc[r] = 0;
     const int q = threadIdx.x + r * kThreads;
-    if (q < assignments) pair_of(q % pairs, T, pair_i[r], pair_j[r]);
+    if (q < assignments) pair_of(q / slices, T, pair_i[r], pair_j[r]);
   }
 
   for (int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTile; c0 < P; c0 += static_cast<int64_t>(gridDim.x) * kTile) {
@@ -64,16 +67,16 @@ __global__ void __launch_bounds__(kThreads)
         if (c + kPack <= P) {
           const Pack<scalar_t> pack = *reinterpret_cast<const Pack<scalar_t>*>(src);
 #pragma unroll
-          for (int t = 0; t < kPack; ++t) tile[row * kTile + col + t] = static_cast<acc_t>(pack.v[t]);
+          for (int t = 0; t < kPack; ++t) tile[row * kRow + col + t] = static_cast<acc_t>(pack.v[t]);
         } else {  // scalar tail
-          for (int t = 0; t < kPack; ++t) tile[row * kTile + col + t] = c + t < P ? static_cast<acc_t>(src[t]) : acc_t(0);
+          for (int t = 0; t < kPack; ++t) tile[row * kRow + col + t] = c + t < P ? static_cast<acc_t>(src[t]) : acc_t(0);
         }
       }
     } else {
       for (int e = threadIdx.x; e < T * kTile; e += kThreads) {
         const int row = e / kTile, col = e % kTile;
         const int64_t c = c0 + col;
-        tile[row * kTile + col] = c < P ? static_cast<acc_t>(G[row * row_stride + c]) : acc_t(0);
+        tile[row * kRow + col] = c < P ? static_cast<acc_t>(G[row * row_stride + c]) : acc_t(0);
       }
     }
     __syncthreads();
@@ -81,10 +84,10 @@ __global__ void __launch_bounds__(kThreads)
     for (int r = 0; r < kMaxAssignments; ++r) {
       const int q = threadIdx.x + r * kThreads;
       if (q >= assignments) break;
-      const acc_t* xi = tile + pair_i[r] * kTile;
-      const acc_t* xj = tile + pair_j[r] * kTile;
+      const acc_t* xi = tile + pair_i[r] * kRow;
+      const acc_t* xj = tile + pair_j[r] * kRow;
       acc_t sum = 0;
-      for (int col = q / pairs; col < kTile; col += slices) sum += xi[col] * xj[col];
+      for (int col = q % slices; col < kTile; col += slices) sum += xi[col] * xj[col];
       acc[r] += sum;
     }
   }
@@ -96,7 +99,7 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   for (int p = threadIdx.x; p < pairs; p += kThreads) {
     acc_t total = 0;
-    for (int s = 0; s < slices; ++s) total += reduce[s * pairs + p];
+    for (int s = 0; s < slices; ++s) total += reduce[p * slices + s];
     partials[static_cast<int64_t>(blockIdx.x) * pairs + p] = total;
   }
 }
