@@ -7,19 +7,7 @@
 #include <cstdio>
 #include <optional>
 
-namespace {
-
-int g_failures = 0;
-
-#define EXPECT(cond)                                                                 \
-  do {                                                                              \
-    if (!(cond)) {                                                                  \
-      std::fprintf(stderr, "%s:%d: EXPECT failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++g_failures;                                                                 \
-    }                                                                               \
-  } while (0)
-
-}  // namespace
+#include "check.h"
 
 int main() {
   try {
@@ -50,10 +38,5 @@ int main() {
     std::fprintf(stderr, "%s:%d: exception: %s\n", __FILE__, __LINE__, e.what());
     return 1;
   }
-  if (g_failures) {
-    std::fprintf(stderr, "test_dispatcher: %d check(s) failed\n", g_failures);
-    return 1;
-  }
-  std::printf("test_dispatcher: all checks passed\n");
-  return 0;
+  return report("test_dispatcher");
 }

@@ -7,17 +7,9 @@
 
 #include "fastmtl/philox.h"
 
+#include "check.h"
+
 namespace {
-
-int g_failures = 0;
-
-#define CHECK(cond)                                                                 \
-  do {                                                                              \
-    if (!(cond)) {                                                                  \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++g_failures;                                                                 \
-    }                                                                               \
-  } while (0)
 
 // Random123 kat_vectors, "philox4x32 10" lines: counter (4 words), key (2 words) -> output (4 words).
 struct Kat {
@@ -52,17 +44,17 @@ void test_known_answers() {
 
 void test_uniform_from_bits() {
   using fastmtl::uniform_from_bits;
-  CHECK(uniform_from_bits(0u) == 0.0f);
-  CHECK(uniform_from_bits(0xffu) == 0.0f);  // the low 8 bits are dropped
-  CHECK(uniform_from_bits(0x100u) == 1.0f / 16777216.0f);
-  CHECK(uniform_from_bits(0x80000000u) == 0.5f);
-  CHECK(uniform_from_bits(0xffffffffu) == 1.0f - 1.0f / 16777216.0f);  // largest value: strictly < 1
-  CHECK(uniform_from_bits(0xffffffffu) < 1.0f);
+  EXPECT(uniform_from_bits(0u) == 0.0f);
+  EXPECT(uniform_from_bits(0xffu) == 0.0f);  // the low 8 bits are dropped
+  EXPECT(uniform_from_bits(0x100u) == 1.0f / 16777216.0f);
+  EXPECT(uniform_from_bits(0x80000000u) == 0.5f);
+  EXPECT(uniform_from_bits(0xffffffffu) == 1.0f - 1.0f / 16777216.0f);  // largest value: strictly < 1
+  EXPECT(uniform_from_bits(0xffffffffu) < 1.0f);
   // Every 24-bit value near the top stays in [0, 1) (float rounding must not reach 1).
   for (uint32_t top = 0xffff00u; top <= 0xffffffu; ++top) {
     const float u = uniform_from_bits((top << 8) | 0xabu);
     if (!(u >= 0.0f && u < 1.0f)) {
-      CHECK(u >= 0.0f && u < 1.0f);
+      EXPECT(u >= 0.0f && u < 1.0f);
       break;
     }
   }
@@ -73,30 +65,30 @@ void test_uniform_from_bits() {
   for (int k = 0; k < n; ++k) {
     const float u = fastmtl::philox_uniform_at(seed, static_cast<uint64_t>(k));
     if (!(u >= 0.0f && u < 1.0f)) {
-      CHECK(u >= 0.0f && u < 1.0f);
+      EXPECT(u >= 0.0f && u < 1.0f);
       break;
     }
     mean += u;
   }
   mean /= n;
-  CHECK(mean > 0.48 && mean < 0.52);  // 1/sqrt(12 n) ~ 0.0023: 8 sigma either side
+  EXPECT(mean > 0.48 && mean < 0.52);  // 1/sqrt(12 n) ~ 0.0023: 8 sigma either side
 }
 
 void test_seed_words() {
   const fastmtl::PhiloxSeed s = fastmtl::philox_seed_from_words(0x0123456789abcdefLL, 0x00000007fedcba98LL);
-  CHECK(s.k0 == 0x89abcdefu && s.k1 == 0x01234567u);
-  CHECK(s.offset_lo == 0xfedcba98u && s.offset_hi == 0x00000007u);
+  EXPECT(s.k0 == 0x89abcdefu && s.k1 == 0x01234567u);
+  EXPECT(s.offset_lo == 0xfedcba98u && s.offset_hi == 0x00000007u);
   const fastmtl::PhiloxSeed neg = fastmtl::philox_seed_from_words(-1, -2);
-  CHECK(neg.k0 == 0xffffffffu && neg.k1 == 0xffffffffu);
-  CHECK(neg.offset_lo == 0xfffffffeu && neg.offset_hi == 0xffffffffu);
+  EXPECT(neg.k0 == 0xffffffffu && neg.k1 == 0xffffffffu);
+  EXPECT(neg.offset_lo == 0xfffffffeu && neg.offset_hi == 0xffffffffu);
   // philox_draw: counter words 0/1 = the 64-bit counter, words 2/3 = the offset, key = the key word.
   const uint64_t counter = 0x0000000500000003ull;
   const fastmtl::Philox4x32 a = fastmtl::philox_draw(s, counter);
   const fastmtl::Philox4x32 b = fastmtl::philox4x32_10(3u, 5u, 0xfedcba98u, 7u, 0x89abcdefu, 0x01234567u);
-  for (int w = 0; w < 4; ++w) CHECK(a.v[w] == b.v[w]);
+  for (int w = 0; w < 4; ++w) EXPECT(a.v[w] == b.v[w]);
   // The zero seed at counter 0 is the first known-answer vector.
   const fastmtl::Philox4x32 z = fastmtl::philox_draw(fastmtl::philox_seed_from_words(0, 0), 0);
-  CHECK(z.v[0] == 0x6627e8d5u && z.v[3] == 0x9b00dbd8u);
+  EXPECT(z.v[0] == 0x6627e8d5u && z.v[3] == 0x9b00dbd8u);
 }
 
 void test_block_layout() {
@@ -130,14 +122,14 @@ void test_block_layout() {
       for (int k : {0, 1, 63}) {
         const uint64_t n = 256 * b + 64 * static_cast<uint64_t>(lane) + static_cast<uint64_t>(k);
         const fastmtl::Philox4x32 r = fastmtl::philox_draw(seed, 64 * b + static_cast<uint64_t>(k));
-        CHECK(fastmtl::philox_uniform_at(seed, n) == fastmtl::uniform_from_bits(r.v[lane]));
+        EXPECT(fastmtl::philox_uniform_at(seed, n) == fastmtl::uniform_from_bits(r.v[lane]));
       }
     }
   }
   // Different blocks, keys and offsets give different streams.
-  CHECK(fastmtl::philox_uniform_at(seeds[1], 0) != fastmtl::philox_uniform_at(seeds[1], 256));
-  CHECK(fastmtl::philox_uniform_at(seeds[0], 5) != fastmtl::philox_uniform_at(seeds[1], 5));
-  CHECK(fastmtl::philox_uniform_at(fastmtl::philox_seed_from_words(1, 0), 5) !=
+  EXPECT(fastmtl::philox_uniform_at(seeds[1], 0) != fastmtl::philox_uniform_at(seeds[1], 256));
+  EXPECT(fastmtl::philox_uniform_at(seeds[0], 5) != fastmtl::philox_uniform_at(seeds[1], 5));
+  EXPECT(fastmtl::philox_uniform_at(fastmtl::philox_seed_from_words(1, 0), 5) !=
         fastmtl::philox_uniform_at(fastmtl::philox_seed_from_words(1, 1), 5));
 }
 
@@ -148,10 +140,5 @@ int main() {
   test_uniform_from_bits();
   test_seed_words();
   test_block_layout();
-  if (g_failures) {
-    std::fprintf(stderr, "test_philox: %d check(s) failed\n", g_failures);
-    return 1;
-  }
-  std::printf("test_philox: all checks passed\n");
-  return 0;
+  return report("test_philox");
 }

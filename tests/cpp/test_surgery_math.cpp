@@ -8,27 +8,9 @@
 
 #include "fastmtl/surgery_math.h"
 
+#include "check.h"
+
 namespace {
-
-int g_failures = 0;
-
-#define CHECK(cond)                                                         \
-  do {                                                                      \
-    if (!(cond)) {                                                          \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++g_failures;                                                         \
-    }                                                                       \
-  } while (0)
-
-#define CHECK_NEAR(a, b, tol)                                                                       \
-  do {                                                                                              \
-    const double a_ = static_cast<double>(a), b_ = static_cast<double>(b);                          \
-    if (!(std::fabs(a_ - b_) <= (tol))) {                                                           \
-      std::fprintf(stderr, "%s:%d: CHECK_NEAR failed: %s = %.17g, %s = %.17g\n", __FILE__, __LINE__, \
-                   #a, a_, #b, b_);                                                                 \
-      ++g_failures;                                                                                 \
-    }                                                                                               \
-  } while (0)
 
 constexpr double kTol = 1e-12;
 const double kNaN = std::numeric_limits<double>::quiet_NaN();
@@ -95,26 +77,26 @@ Vec weighted_sum(const std::vector<double>& w, const std::vector<Vec>& g) {
 }
 
 void test_is_finite_value() {
-  CHECK(fastmtl::is_finite_value(0.0));
-  CHECK(fastmtl::is_finite_value(-1e308));
-  CHECK(fastmtl::is_finite_value(std::numeric_limits<double>::denorm_min()));
-  CHECK(!fastmtl::is_finite_value(kNaN));
-  CHECK(!fastmtl::is_finite_value(kInf));
-  CHECK(!fastmtl::is_finite_value(-kInf));
-  CHECK(!fastmtl::is_finite_value(std::numeric_limits<float>::infinity()));
+  EXPECT(fastmtl::is_finite_value(0.0));
+  EXPECT(fastmtl::is_finite_value(-1e308));
+  EXPECT(fastmtl::is_finite_value(std::numeric_limits<double>::denorm_min()));
+  EXPECT(!fastmtl::is_finite_value(kNaN));
+  EXPECT(!fastmtl::is_finite_value(kInf));
+  EXPECT(!fastmtl::is_finite_value(-kInf));
+  EXPECT(!fastmtl::is_finite_value(std::numeric_limits<float>::infinity()));
 }
 
 void test_projection_coefficient() {
   // Conflict: g_i . g_j = -3, |g_j|^2 = 4 -> subtract -3/4 of g_j.
-  CHECK_NEAR(fastmtl::projection_coefficient(-3.0, 4.0), -0.75, kTol);
-  CHECK(fastmtl::projection_coefficient(-1.0f, 2.0f) == -0.5f);
+  EXPECT_NEAR(fastmtl::projection_coefficient(-3.0, 4.0), -0.75, kTol);
+  EXPECT(fastmtl::projection_coefficient(-1.0f, 2.0f) == -0.5f);
   // No conflict: orthogonal or aligned.
-  CHECK(fastmtl::projection_coefficient(0.0, 4.0) == 0.0);
-  CHECK(fastmtl::projection_coefficient(2.5, 4.0) == 0.0);
+  EXPECT(fastmtl::projection_coefficient(0.0, 4.0) == 0.0);
+  EXPECT(fastmtl::projection_coefficient(2.5, 4.0) == 0.0);
   // Zero-norm g_j: 0, never a division by zero (would be -inf / NaN).
-  CHECK(fastmtl::projection_coefficient(-1.0, 0.0) == 0.0);
-  CHECK(fastmtl::projection_coefficient(0.0, 0.0) == 0.0);
-  CHECK(fastmtl::projection_coefficient(-1.0f, 0.0f) == 0.0f);
+  EXPECT(fastmtl::projection_coefficient(-1.0, 0.0) == 0.0);
+  EXPECT(fastmtl::projection_coefficient(0.0, 0.0) == 0.0);
+  EXPECT(fastmtl::projection_coefficient(-1.0f, 0.0f) == 0.0f);
 }
 
 void test_pcgrad_two_tasks() {
@@ -128,9 +110,9 @@ void test_pcgrad_two_tasks() {
   const int32_t order32[4] = {1, 0, 0, 1};
   float a[2], w[2];
   fastmtl::pcgrad_solve<float, int32_t>(Kf, 2, order32, a, w);
-  CHECK(w[0] == 2.0f && w[1] == 1.5f);
+  EXPECT(w[0] == 2.0f && w[1] == 1.5f);
   fastmtl::pcgrad_solve<float, int32_t>(Kf, 2, nullptr, a, w);
-  CHECK(w[0] == 2.0f && w[1] == 1.5f);
+  EXPECT(w[0] == 2.0f && w[1] == 1.5f);
 }
 
 void test_pcgrad_no_conflict() {
@@ -143,7 +125,7 @@ void test_pcgrad_zero_gradient_task() {
   // g1 = (1, 0), g2 = 0, g3 = (-1, 0): task 2's row and column are zero.
   // a1 = e1 + e3 (projected on g3 only), a2 = e2, a3 = e1 + e3 -> w = (2, 1, 2).
   const std::vector<double> w = solve({1, 0, -1, 0, 0, 0, -1, 0, 1});
-  for (double x : w) CHECK(!std::isnan(x) && std::isfinite(x));
+  for (double x : w) EXPECT(!std::isnan(x) && std::isfinite(x));
   CHECK_WEIGHTS(w, 2.0, 1.0, 2.0);
   // All tasks zero: w = 1, no 0/0.
   CHECK_WEIGHTS(solve({0, 0, 0, 0}), 1.0, 1.0);
@@ -159,13 +141,13 @@ void test_pcgrad_non_finite() {
       std::vector<double> K = {1, -1, -1, 2};
       K[where] = bad;
       const std::vector<double> w = solve(K);
-      CHECK(w.size() == 2 && std::isnan(w[0]) && std::isnan(w[1]));
+      EXPECT(w.size() == 2 && std::isnan(w[0]) && std::isnan(w[1]));
     }
   }
   const float Kf[4] = {1, std::numeric_limits<float>::quiet_NaN(), -1, 2};
   float a[2], w[2] = {0, 0};
   fastmtl::pcgrad_solve<float, int64_t>(Kf, 2, nullptr, a, w);
-  CHECK(std::isnan(w[0]) && std::isnan(w[1]));
+  EXPECT(std::isnan(w[0]) && std::isnan(w[1]));
 }
 
 void test_pcgrad_order_skips() {
@@ -206,20 +188,20 @@ void test_pcgrad_order_matters() {
   CHECK_WEIGHTS(w_forward, 2.0, 2.0, 2.5);
   CHECK_WEIGHTS(w_forward_explicit, 2.0, 2.0, 2.5);
   CHECK_WEIGHTS(w_reverse, 2.5, 2.0, 2.0);
-  CHECK(std::fabs(w_forward[0] - w_reverse[0]) > 0.25);
+  EXPECT(std::fabs(w_forward[0] - w_reverse[0]) > 0.25);
 
   // Against the vector-space PCGrad: w . G == sum_i g_i^PC for both orders.
   const Vec direct_forward = pcgrad_direct(g, forward), direct_reverse = pcgrad_direct(g, reverse);
   const Vec solved_forward = weighted_sum(w_forward, g), solved_reverse = weighted_sum(w_reverse, g);
   for (size_t t = 0; t < 2; ++t) {
-    CHECK_NEAR(solved_forward[t], direct_forward[t], kTol);
-    CHECK_NEAR(solved_reverse[t], direct_reverse[t], kTol);
+    EXPECT_NEAR(solved_forward[t], direct_forward[t], kTol);
+    EXPECT_NEAR(solved_reverse[t], direct_reverse[t], kTol);
   }
   // By hand: forward (0.5, 0) + (0, 0) + (-0.5, -0.5); reverse (0.5, 0.5) + (0, 0) + (0, -0.5).
-  CHECK_NEAR(direct_forward[0], 0.0, kTol);
-  CHECK_NEAR(direct_forward[1], -0.5, kTol);
-  CHECK_NEAR(direct_reverse[0], 0.5, kTol);
-  CHECK_NEAR(direct_reverse[1], 0.0, kTol);
+  EXPECT_NEAR(direct_forward[0], 0.0, kTol);
+  EXPECT_NEAR(direct_forward[1], -0.5, kTol);
+  EXPECT_NEAR(direct_reverse[0], 0.5, kTol);
+  EXPECT_NEAR(direct_reverse[1], 0.0, kTol);
 
   // A mixed per-task order, against the vector-space PCGrad on less tidy gradients.
   const std::vector<Vec> h = {{1.0, 0.2, -0.3}, {-0.7, 1.1, 0.4}, {0.1, -0.9, -0.8}, {-0.5, -0.5, 1.5}};
@@ -227,19 +209,19 @@ void test_pcgrad_order_matters() {
   std::vector<int64_t> mixed_flat;
   for (const auto& row : mixed) mixed_flat.insert(mixed_flat.end(), row.begin(), row.end());
   const Vec direct = pcgrad_direct(h, mixed), solved = weighted_sum(solve(gram(h), mixed_flat), h);
-  for (size_t t = 0; t < 3; ++t) CHECK_NEAR(solved[t], direct[t], 1e-12);
+  for (size_t t = 0; t < 3; ++t) EXPECT_NEAR(solved[t], direct[t], 1e-12);
 }
 
 void test_graddrop_purity() {
   using fastmtl::graddrop_purity;
-  CHECK(graddrop_purity(3.0, 3.0) == 1.0);    // all positive
-  CHECK(graddrop_purity(-3.0, 3.0) == 0.0);   // all negative
-  CHECK(graddrop_purity(0.0, 4.0) == 0.5);    // balanced
-  CHECK(graddrop_purity(0.0, 0.0) == 0.5);    // every gradient zero: no 0/0
-  CHECK(graddrop_purity(0.0f, 0.0f) == 0.5f);
-  CHECK_NEAR(graddrop_purity(1.0, 4.0), 0.625, kTol);
-  CHECK(graddrop_purity(2.0f, 2.0f) == 1.0f);
-  CHECK(graddrop_purity(-2.0f, 2.0f) == 0.0f);
+  EXPECT(graddrop_purity(3.0, 3.0) == 1.0);    // all positive
+  EXPECT(graddrop_purity(-3.0, 3.0) == 0.0);   // all negative
+  EXPECT(graddrop_purity(0.0, 4.0) == 0.5);    // balanced
+  EXPECT(graddrop_purity(0.0, 0.0) == 0.5);    // every gradient zero: no 0/0
+  EXPECT(graddrop_purity(0.0f, 0.0f) == 0.5f);
+  EXPECT_NEAR(graddrop_purity(1.0, 4.0), 0.625, kTol);
+  EXPECT(graddrop_purity(2.0f, 2.0f) == 1.0f);
+  EXPECT(graddrop_purity(-2.0f, 2.0f) == 0.0f);
 }
 
 void test_graddrop_keep_factor() {
@@ -251,46 +233,46 @@ void test_graddrop_keep_factor() {
   };
   const double leak = 0.3;
   // P > U keeps the positive gradients, P < U the negative ones; kept is exactly 1, dropped exactly leak.
-  CHECK(keep(0.8, 0.5, 2.0, leak) == 1.0);
-  CHECK(keep(0.8, 0.5, -2.0, leak) == leak);
-  CHECK(keep(0.2, 0.5, -2.0, leak) == 1.0);
-  CHECK(keep(0.2, 0.5, 2.0, leak) == leak);
+  EXPECT(keep(0.8, 0.5, 2.0, leak) == 1.0);
+  EXPECT(keep(0.8, 0.5, -2.0, leak) == leak);
+  EXPECT(keep(0.2, 0.5, -2.0, leak) == 1.0);
+  EXPECT(keep(0.2, 0.5, 2.0, leak) == leak);
   // A zero gradient is never "kept"; neither is any gradient when P == U.
-  CHECK(keep(0.8, 0.5, 0.0, leak) == leak);
-  CHECK(keep(0.2, 0.5, 0.0, leak) == leak);
-  CHECK(keep(0.5, 0.5, 1.0, leak) == leak);
-  CHECK(keep(0.5, 0.5, -1.0, leak) == leak);
+  EXPECT(keep(0.8, 0.5, 0.0, leak) == leak);
+  EXPECT(keep(0.2, 0.5, 0.0, leak) == leak);
+  EXPECT(keep(0.5, 0.5, 1.0, leak) == leak);
+  EXPECT(keep(0.5, 0.5, -1.0, leak) == leak);
   // Feature level: a negative activation flips which raw gradient sign is kept; sign 0 keeps none.
-  CHECK(keep(0.8, 0.5, -2.0, leak, -1.0) == 1.0);
-  CHECK(keep(0.8, 0.5, 2.0, leak, -1.0) == leak);
-  CHECK(keep(0.8, 0.5, 2.0, leak, 0.0) == leak);
+  EXPECT(keep(0.8, 0.5, -2.0, leak, -1.0) == 1.0);
+  EXPECT(keep(0.8, 0.5, 2.0, leak, -1.0) == leak);
+  EXPECT(keep(0.8, 0.5, 2.0, leak, 0.0) == leak);
   // leak 0 drops to exactly 0, leak 1 keeps everything; float too; tiny products never underflow
   // into a wrong decision because the direction is exactly +-1.
-  CHECK(keep(0.2, 0.5, 2.0, 0.0) == 0.0);
-  CHECK(keep(0.2, 0.5, 2.0, 1.0) == 1.0);
-  CHECK(graddrop_keep_factor(1e-30f, graddrop_direction(1.0f, 0.0f, 1.0f), 0.1f) == 1.0f);
-  CHECK(graddrop_keep_factor(1e-30f, graddrop_direction(0.0f, 0.999f, 1.0f), 0.1f) == 0.1f);
-  CHECK(graddrop_keep_factor(-1.0f, graddrop_direction(0.0f, 0.0f, 1.0f), 0.1f) == 0.1f);  // P = U = 0
+  EXPECT(keep(0.2, 0.5, 2.0, 0.0) == 0.0);
+  EXPECT(keep(0.2, 0.5, 2.0, 1.0) == 1.0);
+  EXPECT(graddrop_keep_factor(1e-30f, graddrop_direction(1.0f, 0.0f, 1.0f), 0.1f) == 1.0f);
+  EXPECT(graddrop_keep_factor(1e-30f, graddrop_direction(0.0f, 0.999f, 1.0f), 0.1f) == 0.1f);
+  EXPECT(graddrop_keep_factor(-1.0f, graddrop_direction(0.0f, 0.0f, 1.0f), 0.1f) == 0.1f);  // P = U = 0
   // NaN anywhere gives a finite factor (the caller multiplies, so a NaN gradient still shows).
-  CHECK(keep(kNaN, 0.5, 1.0, leak) == leak);
-  CHECK(keep(0.8, 0.5, kNaN, leak) == leak);
-  CHECK(keep(0.8, 0.5, 1.0, leak, kNaN) == leak);
+  EXPECT(keep(kNaN, 0.5, 1.0, leak) == leak);
+  EXPECT(keep(0.8, 0.5, kNaN, leak) == leak);
+  EXPECT(keep(0.8, 0.5, 1.0, leak, kNaN) == leak);
 }
 
 void test_sign_of() {
   using fastmtl::sign_of;
-  CHECK(sign_of(-2.5) == -1.0);
-  CHECK(sign_of(0.0) == 0.0);
-  CHECK(sign_of(-0.0) == 0.0);
-  CHECK(sign_of(3.0) == 1.0);
-  CHECK(sign_of(1e-300) == 1.0);
-  CHECK(sign_of(-kInf) == -1.0);
-  CHECK(sign_of(kInf) == 1.0);
-  CHECK(std::isnan(sign_of(kNaN)));
-  CHECK(sign_of(-7.0f) == -1.0f);
-  CHECK(sign_of(0.0f) == 0.0f);
-  CHECK(sign_of(7.0f) == 1.0f);
-  CHECK(std::isnan(sign_of(std::numeric_limits<float>::quiet_NaN())));
+  EXPECT(sign_of(-2.5) == -1.0);
+  EXPECT(sign_of(0.0) == 0.0);
+  EXPECT(sign_of(-0.0) == 0.0);
+  EXPECT(sign_of(3.0) == 1.0);
+  EXPECT(sign_of(1e-300) == 1.0);
+  EXPECT(sign_of(-kInf) == -1.0);
+  EXPECT(sign_of(kInf) == 1.0);
+  EXPECT(std::isnan(sign_of(kNaN)));
+  EXPECT(sign_of(-7.0f) == -1.0f);
+  EXPECT(sign_of(0.0f) == 0.0f);
+  EXPECT(sign_of(7.0f) == 1.0f);
+  EXPECT(std::isnan(sign_of(std::numeric_limits<float>::quiet_NaN())));
 }
 
 }  // namespace
@@ -307,10 +289,5 @@ int main() {
   test_graddrop_purity();
   test_graddrop_keep_factor();
   test_sign_of();
-  if (g_failures) {
-    std::fprintf(stderr, "test_surgery_math: %d check(s) failed\n", g_failures);
-    return 1;
-  }
-  std::printf("test_surgery_math: all checks passed\n");
-  return 0;
+  return report("test_surgery_math");
 }
