@@ -6,8 +6,8 @@ compiled kernels or on the pure-PyTorch reference according to ``impl``:
 * ``"cuda"``  the CUDA kernels (CUDA tensors; errors if the extension has none);
 * ``"torch"`` the pure-PyTorch reference, on any device.
 
-Every op is a pure function of its inputs (and of ``generator`` where it draws random numbers);
-no op reads a tensor value back to the host on the compiled path.
+Every op is a pure function of its inputs (and of ``generator`` where it draws random numbers).
+Apart from cluster_tasks (a host op by nature), no op reads a tensor value back from a GPU.
 """
 
 from __future__ import annotations
