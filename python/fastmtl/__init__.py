@@ -13,6 +13,7 @@ the C++/CUDA kernels are in use; otherwise the pure-PyTorch reference runs.
 from fastmtl import methods
 from fastmtl._ext import HAS_CUDA, HAS_EXT, IMPORT_ERROR, build_info
 from fastmtl.functional import cluster_tasks, cosine_similarity, gram, graddrop, project_conflicts
+from fastmtl.optim import MTLOptimizer, backward
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,8 @@ def aggregate(G, method: str = "pcgrad", **options):
 
 
 __all__ = [
+    "MTLOptimizer",
+    "backward",
     "HAS_CUDA",
     "HAS_EXT",
     "IMPORT_ERROR",

@@ -1,0 +1,130 @@
+"""MTLOptimizer: wrap any torch.optim optimizer, hand it the list of task losses.
+
+    opt = fastmtl.MTLOptimizer(torch.optim.Adam(model.parameters()), method="pcgrad",
+                               shared=model.encoder.parameters())
+    opt.zero_grad()
+    opt.backward([loss_a, loss_b])   # per-task gradients of the shared params -> aggregated .grad
+    opt.step()
+
+Shared parameters get the aggregated gradient, written straight into their ``.grad``; every
+other parameter (task heads) gets the plain gradient of the losses that use it. Gradient
+clipping, LR schedulers and ``torch.amp.GradScaler`` work between ``backward`` and ``step`` as
+with a plain optimizer (``scaler.scale`` each loss; PCGrad and GradDrop are invariant to the
+common scale, so unscaling afterwards is exact).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from fastmtl import functional, methods
+from fastmtl.engine import TaskGradients, shared_parameter_list
+
+# Methods that are a weighting of the Gram matrix: weights(G, **options) -> w with result w . G,
+# so that every=k can reuse w for k steps.
+_WEIGHTINGS = {
+    "sum": lambda G, impl="auto": torch.ones(G.shape[0], device=G.device, dtype=torch.float64),
+    "mean": lambda G, impl="auto": torch.full((G.shape[0],), 1.0 / G.shape[0], device=G.device, dtype=torch.float64),
+    "pcgrad": lambda G, reduction="sum", shuffle=True, generator=None, impl="auto": functional.pcgrad_weights(
+        functional.gram(G, impl=impl),
+        functional.pcgrad_order(G.shape[0], shuffle=shuffle, generator=generator, device=G.device),
+        impl=impl,
+    ) / (G.shape[0] if reduction == "mean" else 1),
+}
+
+
+class MTLOptimizer:
+    """Multi-task wrapper around ``optimizer``; see the module docstring.
+
+    ``method``: any name of ``fastmtl.methods.available()``; ``options`` go to it (e.g.
+    ``shuffle=False``). ``every=k`` recomputes the task weights of a Gram-space method only every
+    k steps and reuses them in between (the per-task backward passes still run every step).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, method: str = "pcgrad", shared=None, *, every: int = 1,
+                 **options):
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if shared is None:
+            raise ValueError("shared: give the parameters shared by the tasks (e.g. model.encoder.parameters())")
+        aggregate = methods.get(method)
+        try:
+            inspect.signature(aggregate).bind(None, **options)
+        except TypeError as error:
+            raise TypeError(f"method {method!r} does not take these options: {error}") from None
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an int >= 1, got {every!r}")
+        if every > 1 and method not in _WEIGHTINGS:
+            raise ValueError(f"every={every} needs a Gram-space weighting method ({', '.join(_WEIGHTINGS)}), got {method!r}")
+        self.optimizer = optimizer
+        self.method, self.options, self.every = method, options, every
+        self._aggregate = aggregate
+        self._gradients = TaskGradients(shared_parameter_list(shared))
+        self._step, self._weights = 0, None
+
+    # The wrapped optimizer's interface, so schedulers, clipping and GradScaler see a plain optimizer.
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    @property
+    def defaults(self):
+        return self.optimizer.defaults
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+        for p in self._gradients.params:  # shared parameters the optimizer may not hold
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    def backward(self, losses) -> torch.Tensor:
+        """Per-task backward passes, then the aggregated gradient into the shared ``.grad``.
+        Returns the aggregated gradient [P] (a view of the buffer the ``.grad`` share)."""
+        G = self._gradients.compute(losses)
+        if self.method in _WEIGHTINGS:
+            if self._weights is None or self._step % self.every == 0 or self._weights.shape[0] != G.shape[0]:
+                self._weights = _WEIGHTINGS[self.method](G, **self.options)
+            impl = self.options.get("impl", "auto")
+            return self._gradients.write_combined(lambda out: functional.combine(G, self._weights, out=out, impl=impl))
+        return self._gradients.write_combined(lambda out: out.copy_(self._aggregate(G, **self.options)))
+
+    def step(self, closure=None):
+        result = self.optimizer.step(closure)
+        self._step += 1
+        return result
+
+    def state_dict(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "fastmtl": {"method": self.method, "every": self.every, "step": self._step, "weights": self._weights},
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        ours = state_dict["fastmtl"]
+        if ours["method"] != self.method:
+            raise ValueError(f"state_dict is for method {ours['method']!r}, this optimizer uses {self.method!r}")
+        self.optimizer.load_state_dict(state_dict["optimizer"])
+        self._step = ours["step"]
+        weights = ours["weights"]
+        self._weights = None if weights is None else weights.to(self._gradients.params[0].device).clone()
+
+    def __repr__(self) -> str:
+        return f"MTLOptimizer(method={self.method!r}, every={self.every}, optimizer={self.optimizer!r})"
+
+
+def backward(losses, shared, method: str = "pcgrad", **options) -> torch.Tensor:
+    """Functional twin of ``MTLOptimizer.backward`` for custom loops: per-task gradients of
+    ``shared``, aggregated with ``method`` into their ``.grad``; returns the aggregated [P].
+    (Allocates its [T, P] buffer per call; MTLOptimizer keeps one.)"""
+    gradients = TaskGradients(shared_parameter_list(shared))
+    G = gradients.compute(losses)
+    aggregate = methods.get(method)
+    return gradients.write_combined(lambda out: out.copy_(aggregate(G, **options)))

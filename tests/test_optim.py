@@ -1,0 +1,198 @@
+"""MTLOptimizer and fastmtl.backward: the update equals a hand-written per-vector method
+followed by the wrapped optimizer's step; heads get plain gradients; every=k, state_dict,
+GradScaler, clipping and bad input."""
+
+import copy
+
+import pytest
+import torch
+from oracles import pcgrad_per_vector
+
+import fastmtl
+
+torch.set_flush_denormal(True)  # these tests train
+
+
+class TwoHeads(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 5))
+        self.heads = torch.nn.ModuleList([torch.nn.Linear(5, 1), torch.nn.Linear(5, 1), torch.nn.Linear(5, 1)])
+
+    def losses(self, x, y):
+        z = self.encoder(x)
+        return [((head(z).squeeze(1) - y[:, t]) ** 2).mean() for t, head in enumerate(self.heads)]
+
+
+def batch(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(32, 6, generator=gen, dtype=torch.float64), torch.randn(32, 3, generator=gen, dtype=torch.float64)
+
+
+def model(seed=0):
+    torch.manual_seed(seed)
+    return TwoHeads().double()
+
+
+def hand_written_pcgrad_step(net, x, y, lr):
+    """Per-task gradients with torch.autograd.grad, the paper's per-vector PCGrad on the shared
+    parameters, the plain summed gradient on the heads, then SGD."""
+    shared = list(net.encoder.parameters())
+    losses = net.losses(x, y)
+    rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, shared, retain_graph=True)]) for loss in losses]
+    combined = pcgrad_per_vector(torch.stack(rows))
+    heads = list(net.heads.parameters())
+    head_grads = torch.autograd.grad(sum(losses), heads)
+    with torch.no_grad():
+        offset = 0
+        for p in shared:
+            p -= lr * combined[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+        for p, g in zip(heads, head_grads):
+            p -= lr * g
+
+
+@pytest.mark.parametrize("impl", ["auto", "torch"])
+def test_update_equals_hand_written_pcgrad_then_sgd(impl):
+    net, reference = model(), model()
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "pcgrad",
+                               shared=net.encoder.parameters(), shuffle=False, impl=impl)
+    for step in range(3):
+        x, y = batch(step)
+        opt.zero_grad()
+        opt.backward(net.losses(x, y))
+        opt.step()
+        hand_written_pcgrad_step(reference, x, y, lr=0.1)
+        for a, b in zip(net.parameters(), reference.parameters()):
+            assert torch.allclose(a, b, atol=1e-12), step
+
+
+def test_graddrop_with_leak_one_equals_summed_loss_training():
+    net, reference = model(), model()
+    opt = fastmtl.MTLOptimizer(torch.optim.Adam(net.parameters(), lr=0.01), "graddrop",
+                               shared=net.encoder.parameters(), leak=1.0)
+    plain = torch.optim.Adam(reference.parameters(), lr=0.01)
+    for step in range(3):
+        x, y = batch(step)
+        opt.zero_grad()
+        opt.backward(net.losses(x, y))
+        opt.step()
+        plain.zero_grad()
+        sum(reference.losses(x, y)).backward()
+        plain.step()
+    for a, b in zip(net.parameters(), reference.parameters()):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_every_k_reuses_weights():
+    net = model()
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.05), "pcgrad",
+                               shared=net.encoder.parameters(), every=3)
+    seen = []
+    for step in range(5):
+        opt.zero_grad()
+        opt.backward(net.losses(*batch(step)))
+        opt.step()
+        seen.append(opt.state_dict()["fastmtl"]["weights"].clone())
+    assert torch.equal(seen[0], seen[1]) and torch.equal(seen[1], seen[2])
+    assert not torch.equal(seen[2], seen[3]) and torch.equal(seen[3], seen[4])
+
+
+def test_state_dict_round_trip_continues_identically():
+    net = model()
+    opt = fastmtl.MTLOptimizer(torch.optim.Adam(net.parameters(), lr=0.01), "pcgrad",
+                               shared=net.encoder.parameters(), every=2, shuffle=False)
+    for step in range(3):
+        opt.zero_grad()
+        opt.backward(net.losses(*batch(step)))
+        opt.step()
+    twin = copy.deepcopy(net)
+    twin_opt = fastmtl.MTLOptimizer(torch.optim.Adam(twin.parameters(), lr=0.01), "pcgrad",
+                                    shared=twin.encoder.parameters(), every=2, shuffle=False)
+    twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # as if saved and loaded: no shared tensors
+    for step in range(3, 6):
+        for m, o in ((net, opt), (twin, twin_opt)):
+            o.zero_grad()
+            o.backward(m.losses(*batch(step)))
+            o.step()
+    for a, b in zip(net.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="method"):
+        fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "sum",
+                             shared=net.encoder.parameters()).load_state_dict(opt.state_dict())
+
+
+def test_grad_scaler_and_clipping_work_between_backward_and_step():
+    net, reference = model(), model()
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "pcgrad",
+                               shared=net.encoder.parameters(), shuffle=False)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    x, y = batch(1)
+    opt.zero_grad()
+    opt.backward([scaler.scale(loss) for loss in net.losses(x, y)])
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm=1e9)  # the .grad views are real tensors
+    scaler.step(opt)
+    scaler.update()
+    hand_written_pcgrad_step(reference, x, y, lr=0.1)
+    for a, b in zip(net.parameters(), reference.parameters()):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_functional_backward_writes_shared_grads():
+    net = model()
+    x, y = batch(2)
+    combined = fastmtl.backward(net.losses(x, y), net.encoder.parameters(), "pcgrad", shuffle=False)
+    shared = list(net.encoder.parameters())
+    flat = torch.cat([p.grad.reshape(-1) for p in shared])
+    assert torch.equal(flat, combined)
+    rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, shared, retain_graph=True)])
+            for loss in net.losses(x, y)]
+    assert torch.allclose(combined, pcgrad_per_vector(torch.stack(rows)), atol=1e-12)
+    assert all(p.grad is not None for p in net.heads.parameters())
+
+
+def test_loss_not_touching_shared_parameters_gives_a_zero_row():
+    net = model()
+    x, y = batch(3)
+    losses = net.losses(x, y)
+    head_only = (net.heads[0].weight ** 2).sum()  # depends on no shared parameter
+    combined = fastmtl.backward([losses[1], head_only], net.encoder.parameters(), "sum")
+    shared = list(net.encoder.parameters())
+    expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(net.losses(x, y)[1], shared)])
+    assert torch.allclose(combined, expected)
+
+
+def test_bad_input():
+    net = model()
+    params = net.encoder.parameters
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), shared=params())
+    x, y = batch()
+    with pytest.raises(ValueError, match="empty"):
+        opt.backward([])
+    with pytest.raises(ValueError, match="scalar"):
+        opt.backward([net.encoder(x).sum(1)])
+    with pytest.raises(ValueError, match="does not require grad"):
+        opt.backward([torch.tensor(1.0)])
+    with pytest.raises(TypeError, match="torch.optim.Optimizer"):
+        fastmtl.MTLOptimizer(object(), shared=params())
+    with pytest.raises(ValueError, match="shared"):
+        fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="unknown method"):
+        fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "pcgard", shared=params())
+    with pytest.raises(TypeError, match="options"):
+        fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "pcgrad", shared=params(), leak=0.1)
+    with pytest.raises(ValueError, match="every"):
+        fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "graddrop", shared=params(), every=2)
+    with pytest.raises(ValueError, match="every"):
+        fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), shared=params(), every=0)
+
+
+def test_zero_grad_keeps_or_drops_buffers():
+    net = model()
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), shared=net.encoder.parameters())
+    opt.backward(net.losses(*batch()))
+    opt.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in net.parameters())
+    opt.zero_grad()
+    assert all(p.grad is None for p in net.parameters())
