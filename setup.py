@@ -60,7 +60,10 @@ setup(
     packages=["fastmtl", "fastmtl.methods"],
     python_requires=">=3.10",
     install_requires=["torch"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "numpy", "scipy", "torchjd"]},
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "numpy", "scipy", "torchjd"],
+        "demo": ["scikit-learn", "matplotlib"],
+    },
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -196,3 +196,23 @@ def test_zero_grad_keeps_or_drops_buffers():
     assert all(p.grad is not None and not p.grad.any() for p in net.parameters())
     opt.zero_grad()
     assert all(p.grad is None for p in net.parameters())
+
+
+def test_diagnostics_report_weights_cosines_and_conflicts():
+    net = model()
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "pcgrad",
+                               shared=net.encoder.parameters(), diagnostics=True, shuffle=False)
+    x, y = batch(4)
+    opt.backward(net.losses(x, y))
+    report = opt.last_diagnostics
+    shared = list(net.encoder.parameters())
+    rows = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, shared, retain_graph=True)])
+                        for loss in net.losses(x, y)])
+    cosine = torch.nn.functional.cosine_similarity(rows[:, None], rows[None, :], dim=-1)
+    assert torch.allclose(report["cosine"], cosine, atol=1e-10)
+    assert int(report["conflicts"]) == int((torch.triu(cosine, 1) < 0).sum())
+    assert torch.allclose(report["weights"] @ rows, pcgrad_per_vector(rows), atol=1e-10)
+    graddrop = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "graddrop",
+                                    shared=net.encoder.parameters(), diagnostics=True)
+    graddrop.backward(net.losses(x, y))
+    assert graddrop.last_diagnostics["weights"] is None and graddrop.last_diagnostics["cosine"].shape == (3, 3)

@@ -1,5 +1,6 @@
 """Command line: ``python -m fastmtl <command>``.
 
+    python -m fastmtl demo [--method pcgrad]    train on MultiDigits (real, offline data), report, plot
     python -m fastmtl info                      how the extension was built, torch, threads
     python -m fastmtl bench [--full] [--json PATH] [-T 2,8] [-P 1e5,1e6]
                                                 benchmarks vs peers, then the comparison table
@@ -86,7 +87,21 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from fastmtl import demo
+
+    demo.add_arguments(parser)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from fastmtl import demo
+
+    return demo.run(args)
+
+
 COMMANDS = {
+    "demo": ("train on MultiDigits with a surgery method and with the summed loss; report and plot",
+             _demo_arguments, _demo),
     "info": ("print how fastmtl was built, the torch version and thread count", None, _info),
     "bench": ("time fastmtl against peers and print the comparison table", _bench_arguments, _bench),
 }

@@ -19,20 +19,30 @@ import inspect
 
 import torch
 
-from fastmtl import functional, methods
+from fastmtl import functional, methods, reference
 from fastmtl.engine import TaskGradients, shared_parameter_list
 
-# Methods that are a weighting of the Gram matrix: weights(G, **options) -> w with result w . G,
-# so that every=k can reuse w for k steps.
+# Methods that are a weighting of the Gram matrix: weights(K, **options) -> w, and the update is
+# w . G; every=k reuses w for k steps. K is G's Gram matrix [T, T].
+def _pcgrad_weights(K, reduction="sum", shuffle=True, generator=None, impl="auto"):
+    order = functional.pcgrad_order(K.shape[0], shuffle=shuffle, generator=generator, device=K.device)
+    weights = functional.pcgrad_weights(K, order, impl=impl)
+    return weights / K.shape[0] if reduction == "mean" else weights
+
+
 _WEIGHTINGS = {
-    "sum": lambda G, impl="auto": torch.ones(G.shape[0], device=G.device, dtype=torch.float64),
-    "mean": lambda G, impl="auto": torch.full((G.shape[0],), 1.0 / G.shape[0], device=G.device, dtype=torch.float64),
-    "pcgrad": lambda G, reduction="sum", shuffle=True, generator=None, impl="auto": functional.pcgrad_weights(
-        functional.gram(G, impl=impl),
-        functional.pcgrad_order(G.shape[0], shuffle=shuffle, generator=generator, device=G.device),
-        impl=impl,
-    ) / (G.shape[0] if reduction == "mean" else 1),
+    "sum": lambda K, impl="auto": torch.ones(K.shape[0], device=K.device, dtype=K.dtype),
+    "mean": lambda K, impl="auto": torch.full((K.shape[0],), 1.0 / K.shape[0], device=K.device, dtype=K.dtype),
+    "pcgrad": _pcgrad_weights,
 }
+
+
+def diagnostics_of(K: torch.Tensor, weights: torch.Tensor | None) -> dict:
+    """Task weights (Gram-space methods), cosine matrix and number of conflicting task pairs
+    (negative cosine), as device tensors: reading them is the caller's choice of sync point."""
+    cosine = reference.cosine_from_gram(K, 1e-8)
+    conflicts = (torch.triu(cosine, diagonal=1) < 0).sum()
+    return {"weights": weights, "cosine": cosine, "conflicts": conflicts}
 
 
 class MTLOptimizer:
@@ -41,10 +51,12 @@ class MTLOptimizer:
     ``method``: any name of ``fastmtl.methods.available()``; ``options`` go to it (e.g.
     ``shuffle=False``). ``every=k`` recomputes the task weights of a Gram-space method only every
     k steps and reuses them in between (the per-task backward passes still run every step).
+    ``diagnostics=True`` keeps ``last_diagnostics`` after each backward: task weights, cosine
+    matrix, number of conflicting pairs (one extra Gram pass for methods that have no K).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, method: str = "pcgrad", shared=None, *, every: int = 1,
-                 **options):
+                 diagnostics: bool = False, **options):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if shared is None:
@@ -63,6 +75,8 @@ class MTLOptimizer:
         self._aggregate = aggregate
         self._gradients = TaskGradients(shared_parameter_list(shared))
         self._step, self._weights = 0, None
+        self.diagnostics = diagnostics
+        self.last_diagnostics: dict | None = None
 
     # The wrapped optimizer's interface, so schedulers, clipping and GradScaler see a plain optimizer.
     @property
@@ -89,12 +103,19 @@ class MTLOptimizer:
         """Per-task backward passes, then the aggregated gradient into the shared ``.grad``.
         Returns the aggregated gradient [P] (a view of the buffer the ``.grad`` share)."""
         G = self._gradients.compute(losses)
+        impl = self.options.get("impl", "auto")
+        K = functional.gram(G, impl=impl) if self.diagnostics else None
         if self.method in _WEIGHTINGS:
             if self._weights is None or self._step % self.every == 0 or self._weights.shape[0] != G.shape[0]:
-                self._weights = _WEIGHTINGS[self.method](G, **self.options)
-            impl = self.options.get("impl", "auto")
-            return self._gradients.write_combined(lambda out: functional.combine(G, self._weights, out=out, impl=impl))
-        return self._gradients.write_combined(lambda out: out.copy_(self._aggregate(G, **self.options)))
+                K = functional.gram(G, impl=impl) if K is None else K
+                self._weights = _WEIGHTINGS[self.method](K, **self.options)
+            combined = self._gradients.write_combined(
+                lambda out: functional.combine(G, self._weights, out=out, impl=impl))
+        else:
+            combined = self._gradients.write_combined(lambda out: out.copy_(self._aggregate(G, **self.options)))
+        if self.diagnostics:
+            self.last_diagnostics = diagnostics_of(K, self._weights if self.method in _WEIGHTINGS else None)
+        return combined
 
     def step(self, closure=None):
         result = self.optimizer.step(closure)
