@@ -22,21 +22,6 @@ import torch
 from fastmtl import functional, methods, reference
 from fastmtl.engine import TaskGradients, shared_parameter_list
 
-# Methods that are a weighting of the Gram matrix: weights(K, **options) -> w, and the update is
-# w . G; every=k reuses w for k steps. K is G's Gram matrix [T, T].
-def _pcgrad_weights(K, reduction="sum", shuffle=True, generator=None, impl="auto"):
-    order = functional.pcgrad_order(K.shape[0], shuffle=shuffle, generator=generator, device=K.device)
-    weights = functional.pcgrad_weights(K, order, impl=impl)
-    return weights / K.shape[0] if reduction == "mean" else weights
-
-
-_WEIGHTINGS = {
-    "sum": lambda K, impl="auto": torch.ones(K.shape[0], device=K.device, dtype=K.dtype),
-    "mean": lambda K, impl="auto": torch.full((K.shape[0],), 1.0 / K.shape[0], device=K.device, dtype=K.dtype),
-    "pcgrad": _pcgrad_weights,
-}
-
-
 def diagnostics_of(K: torch.Tensor, weights: torch.Tensor | None) -> dict:
     """Task weights (Gram-space methods), cosine matrix and number of conflicting task pairs
     (negative cosine), as device tensors: reading them is the caller's choice of sync point."""
@@ -68,11 +53,13 @@ class MTLOptimizer:
             raise TypeError(f"method {method!r} does not take these options: {error}") from None
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an int >= 1, got {every!r}")
-        if every > 1 and method not in _WEIGHTINGS:
-            raise ValueError(f"every={every} needs a Gram-space weighting method ({', '.join(_WEIGHTINGS)}), got {method!r}")
+        self._weighting = methods.weighting(method)
+        if every > 1 and self._weighting is None:
+            raise ValueError(f"every={every} needs a Gram-space weighting method, and {method!r} is not one")
         self.optimizer = optimizer
         self.method, self.options, self.every = method, options, every
         self._aggregate = aggregate
+        self._weighting_keywords = set(inspect.signature(self._weighting).parameters) if self._weighting else set()
         self._gradients = TaskGradients(shared_parameter_list(shared))
         self._step, self._weights = 0, None
         self.diagnostics = diagnostics
@@ -105,16 +92,17 @@ class MTLOptimizer:
         G = self._gradients.compute(losses)
         impl = self.options.get("impl", "auto")
         K = functional.gram(G, impl=impl) if self.diagnostics else None
-        if self.method in _WEIGHTINGS:
+        if self._weighting is not None:
             if self._weights is None or self._step % self.every == 0 or self._weights.shape[0] != G.shape[0]:
                 K = functional.gram(G, impl=impl) if K is None else K
-                self._weights = _WEIGHTINGS[self.method](K, **self.options)
+                options = {key: value for key, value in self.options.items() if key != "impl" or "impl" in self._weighting_keywords}
+                self._weights = self._weighting(K, **options)
             combined = self._gradients.write_combined(
                 lambda out: functional.combine(G, self._weights, out=out, impl=impl))
         else:
             combined = self._gradients.write_combined(lambda out: out.copy_(self._aggregate(G, **self.options)))
         if self.diagnostics:
-            self.last_diagnostics = diagnostics_of(K, self._weights if self.method in _WEIGHTINGS else None)
+            self.last_diagnostics = diagnostics_of(K, self._weights if self._weighting is not None else None)
         return combined
 
     def step(self, closure=None):

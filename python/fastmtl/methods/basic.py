@@ -2,25 +2,16 @@
 
 import torch
 
-from fastmtl import _validate, functional
-from fastmtl.methods import register
-from fastmtl.reference import accumulate_dtype
+from fastmtl.methods import register_weighting
 
 
-def _uniform_combination(G, value_of_T, impl: str) -> torch.Tensor:
-    G = _validate.task_matrix(G)
-    tasks = G.shape[0]
-    weights = torch.full((tasks,), value_of_T(tasks), dtype=accumulate_dtype(G.dtype), device=G.device)
-    return functional.combine(G, weights, impl=impl)
-
-
-@register("sum")
-def aggregate_sum(G: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
+@register_weighting("sum")
+def sum_weights(K: torch.Tensor) -> torch.Tensor:
     """Σ_i g_i: the gradient of the summed loss (scale: sum)."""
-    return _uniform_combination(G, lambda tasks: 1.0, impl)
+    return torch.ones(K.shape[0], dtype=K.dtype, device=K.device)
 
 
-@register("mean")
-def aggregate_mean(G: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
+@register_weighting("mean")
+def mean_weights(K: torch.Tensor) -> torch.Tensor:
     """(1/T) Σ_i g_i: the gradient of the mean loss (scale: mean)."""
-    return _uniform_combination(G, lambda tasks: 1.0 / tasks, impl)
+    return torch.full((K.shape[0],), 1.0 / K.shape[0], dtype=K.dtype, device=K.device)

@@ -1,0 +1,51 @@
+"""Gram-space methods that pick a common direction by a small problem on K, solved on the
+device with a fixed iteration budget (no host round-trip).
+
+* MGDA (Désidéri 2012; Sener & Koltun 2018, Alg. 2): the minimum-norm point of the convex hull
+  of the task gradients, by Frank-Wolfe on K. Scale: a convex combination (weights sum to 1),
+  as in the paper and torchjd.
+* IMTL-G (Liu et al. 2021, "Towards Impartial Multi-task Learning"; the pseudo-inverse form of
+  Quinton & Rey 2024 / torchjd for dependent gradients): the combination whose projections on
+  every unit task gradient are equal. Scale: weights sum to 1.
+"""
+
+import torch
+
+from fastmtl.methods import register_weighting
+
+
+@register_weighting("mgda")
+def mgda_weights(K: torch.Tensor, *, max_iters: int = 100, epsilon: float = 1e-3) -> torch.Tensor:
+    """Frank-Wolfe on min_a a^T K a over the simplex, from the uniform point; stops updating once
+    a step's gamma falls below ``epsilon`` (a mask, not a Python ``if``: no host sync)."""
+    if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
+        raise ValueError(f"max_iters must be an int >= 1, got {max_iters!r}")
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon!r}")
+    K = K.double()
+    T = K.shape[0]
+    alpha = torch.full((T,), 1.0 / T, dtype=K.dtype, device=K.device)
+    done = torch.zeros((), dtype=torch.bool, device=K.device)
+    for _ in range(max_iters):
+        K_alpha = K @ alpha
+        t = K_alpha.argmin()
+        vertex = torch.nn.functional.one_hot(t, T).to(K.dtype)
+        a = K_alpha[t]  # alpha^T K e_t
+        b = alpha @ K_alpha  # alpha^T K alpha
+        c = K[t, t]  # e_t^T K e_t
+        # Exact line search on the segment [alpha, e_t], clipped to [0, 1].
+        interior = (b - a) / torch.where(b + c - 2 * a > 0, b + c - 2 * a, torch.ones_like(a))
+        gamma = torch.where(c <= a, torch.ones_like(a), torch.where(b <= a, torch.zeros_like(a), interior))
+        gamma = torch.where(done, torch.zeros_like(gamma), gamma)
+        alpha = (1 - gamma) * alpha + gamma * vertex
+        done = done | (gamma < epsilon)
+    return alpha
+
+
+@register_weighting("imtl_g")
+def imtl_g_weights(K: torch.Tensor) -> torch.Tensor:
+    """w ∝ pinv(K) diag(K)^½, normalised to sum 1 (all zero when the sum vanishes)."""
+    K = K.double()
+    v = torch.linalg.pinv(K) @ K.diagonal().clamp_min(0).sqrt()
+    total = v.sum()
+    return torch.where(total.abs() < 1e-12, torch.zeros_like(v), v / torch.where(total.abs() < 1e-12, 1.0, total))

@@ -1,0 +1,105 @@
+"""Gram-space methods (MGDA, IMTL-G, and the registry's weighting form of sum/mean/pcgrad):
+torchjd's aggregators as oracles, the papers' defining properties, hand-computed cases."""
+
+import pytest
+import torch
+from conftest import assert_close_rel
+from oracles import random_gradients
+
+import fastmtl
+from fastmtl import methods
+
+torchjd = pytest.importorskip("torchjd.aggregation")
+WEIGHTINGS = ["sum", "mean", "pcgrad", "mgda", "imtl_g"]
+
+
+@pytest.mark.parametrize("T", [2, 3, 5, 8])
+@pytest.mark.parametrize("seed", range(4))
+def test_mgda_matches_torchjd(T, seed):
+    G = random_gradients(T, 400, seed=seed, dtype=torch.float64)
+    expected = torchjd.MGDA()(G)
+    assert_close_rel(fastmtl.aggregate(G, "mgda"), expected, 1e-10)
+
+
+@pytest.mark.parametrize("T", [2, 3, 5, 8])
+@pytest.mark.parametrize("seed", range(4))
+def test_imtl_g_matches_torchjd(T, seed):
+    G = random_gradients(T, 400, seed=seed, dtype=torch.float64)
+    assert_close_rel(fastmtl.aggregate(G, "imtl_g"), torchjd.IMTLG()(G), 1e-9)
+
+
+def test_mgda_hand_cases():
+    orthogonal = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    assert torch.allclose(fastmtl.aggregate(orthogonal, "mgda"), torch.tensor([0.5, 0.5], dtype=torch.float64))
+    opposite = torch.tensor([[1.0, 2.0], [-1.0, -2.0]], dtype=torch.float64)
+    assert torch.allclose(fastmtl.aggregate(opposite, "mgda"), torch.zeros(2, dtype=torch.float64))
+    # One gradient inside the other's half-space: the shorter one is the minimum-norm point.
+    nested = torch.tensor([[1.0, 0.0], [3.0, 1.0]], dtype=torch.float64)
+    assert torch.allclose(fastmtl.aggregate(nested, "mgda"), torch.tensor([1.0, 0.0], dtype=torch.float64))
+
+
+def test_mgda_is_the_minimum_norm_point_of_the_hull():
+    # Optimality of the min-norm point d: g_i . d >= |d|^2 for every task (equality on the support).
+    for seed in range(5):
+        G = random_gradients(4, 300, seed=seed, dtype=torch.float64)
+        d = fastmtl.aggregate(G, "mgda", max_iters=2000, epsilon=1e-12)
+        assert (G @ d >= d @ d - 1e-6 * (G.norm(dim=1).max() ** 2)).all()
+
+
+def test_imtl_g_hand_case_and_equal_projections():
+    G = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)  # equal projections: d = (2/3, 2/3)
+    assert torch.allclose(fastmtl.aggregate(G, "imtl_g"), torch.tensor([2 / 3, 2 / 3], dtype=torch.float64))
+    G = random_gradients(4, 300, seed=3, dtype=torch.float64)
+    d = fastmtl.aggregate(G, "imtl_g")
+    projections = (G @ d) / G.norm(dim=1)
+    assert torch.allclose(projections, projections[0].expand(4), rtol=1e-9)
+
+
+@pytest.mark.parametrize("method", WEIGHTINGS)
+def test_weighting_properties(method):
+    G = random_gradients(5, 600, seed=7, dtype=torch.float64)
+    options = {"shuffle": False} if method == "pcgrad" else {}
+    d = fastmtl.aggregate(G, method, **options)
+    assert d.shape == (600,) and torch.isfinite(d).all()
+    # Scale: the direction is linear in a common scale of the gradients.
+    assert_close_rel(fastmtl.aggregate(3.0 * G, method, **options), 3.0 * d, 1e-10)
+    # The weighting form and the aggregate agree.
+    K = G @ G.T
+    assert_close_rel(methods.weighting(method)(K, **options) @ G, d, 1e-10)
+
+
+@pytest.mark.parametrize("method", ["sum", "mean", "mgda", "imtl_g"])
+def test_permutation_invariance(method):
+    G = random_gradients(5, 600, seed=8, dtype=torch.float64)
+    permutation = torch.tensor([3, 0, 4, 1, 2])
+    assert_close_rel(fastmtl.aggregate(G[permutation], method), fastmtl.aggregate(G, method), 1e-9)
+
+
+def test_mgda_never_conflicts_with_a_task():
+    for seed in range(5):
+        G = random_gradients(6, 300, seed=seed, dtype=torch.float64)
+        d = fastmtl.aggregate(G, "mgda", max_iters=2000, epsilon=1e-12)
+        assert (G @ d >= -1e-9).all()
+
+
+@pytest.mark.parametrize("method", ["mgda", "imtl_g"])
+def test_in_the_optimizer_with_every(method):
+    torch.manual_seed(0)
+    encoder, head = torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD([*encoder.parameters(), *head.parameters()], lr=0.1), method,
+                               shared=encoder.parameters(), every=2)
+    x = torch.randn(16, 4)
+    for _ in range(3):
+        out = head(encoder(x))
+        opt.zero_grad()
+        opt.backward([out[:, 0].pow(2).mean(), (out[:, 1] - 1).pow(2).mean()])
+        opt.step()
+    assert all(torch.isfinite(p).all() for p in encoder.parameters())
+
+
+def test_bad_options():
+    G = torch.randn(3, 10)
+    with pytest.raises(ValueError, match="max_iters"):
+        fastmtl.aggregate(G, "mgda", max_iters=0)
+    with pytest.raises(TypeError):
+        fastmtl.aggregate(G, "imtl_g", max_iters=3)
