@@ -10,7 +10,7 @@ import fastmtl
 from fastmtl import methods
 
 torchjd = pytest.importorskip("torchjd.aggregation")
-WEIGHTINGS = ["sum", "mean", "pcgrad", "mgda", "imtl_g"]
+WEIGHTINGS = ["sum", "mean", "pcgrad", "mgda", "imtl_g", "aligned_mtl"]
 
 
 @pytest.mark.parametrize("T", [2, 3, 5, 8])
@@ -68,7 +68,7 @@ def test_weighting_properties(method):
     assert_close_rel(methods.weighting(method)(K, **options) @ G, d, 1e-10)
 
 
-@pytest.mark.parametrize("method", ["sum", "mean", "mgda", "imtl_g"])
+@pytest.mark.parametrize("method", ["sum", "mean", "mgda", "imtl_g", "aligned_mtl"])
 def test_permutation_invariance(method):
     G = random_gradients(5, 600, seed=8, dtype=torch.float64)
     permutation = torch.tensor([3, 0, 4, 1, 2])
@@ -103,3 +103,21 @@ def test_bad_options():
         fastmtl.aggregate(G, "mgda", max_iters=0)
     with pytest.raises(TypeError):
         fastmtl.aggregate(G, "imtl_g", max_iters=3)
+
+
+@pytest.mark.parametrize("scale_mode", ["min", "median", "rmse"])
+@pytest.mark.parametrize("T", [2, 3, 5, 8])
+def test_aligned_mtl_matches_torchjd(scale_mode, T):
+    for seed in range(3):
+        G = random_gradients(T, 400, seed=seed, dtype=torch.float64)
+        expected = torchjd.AlignedMTL(scale_mode=scale_mode)(G)
+        assert_close_rel(fastmtl.aggregate(G, "aligned_mtl", scale_mode=scale_mode), expected, 1e-9)
+
+
+def test_aligned_mtl_rank_deficient_and_zero():
+    G = random_gradients(2, 50, seed=1, dtype=torch.float64)
+    dependent = torch.stack([G[0], 2 * G[0], G[1]])  # rank 2 of 3
+    expected = torchjd.AlignedMTL()(dependent)
+    assert_close_rel(fastmtl.aggregate(dependent, "aligned_mtl"), expected, 1e-8)
+    zero = torch.zeros(3, 10, dtype=torch.float64)
+    assert torch.equal(fastmtl.aggregate(zero, "aligned_mtl"), torch.zeros(10, dtype=torch.float64))

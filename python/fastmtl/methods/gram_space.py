@@ -4,6 +4,8 @@ device with a fixed iteration budget (no host round-trip).
 * MGDA (Désidéri 2012; Sener & Koltun 2018, Alg. 2): the minimum-norm point of the convex hull
   of the task gradients, by Frank-Wolfe on K. Scale: a convex combination (weights sum to 1),
   as in the paper and torchjd.
+* Aligned-MTL (Senushkin et al. 2023): the eigen-decomposition of K rescales the principal
+  components of the task gradients to a common size. Scale: torchjd's.
 * IMTL-G (Liu et al. 2021, "Towards Impartial Multi-task Learning"; the pseudo-inverse form of
   Quinton & Rey 2024 / torchjd for dependent gradients): the combination whose projections on
   every unit task gradient are equal. Scale: weights sum to 1.
@@ -49,3 +51,31 @@ def imtl_g_weights(K: torch.Tensor) -> torch.Tensor:
     v = torch.linalg.pinv(K) @ K.diagonal().clamp_min(0).sqrt()
     total = v.sum()
     return torch.where(total.abs() < 1e-12, torch.zeros_like(v), v / torch.where(total.abs() < 1e-12, 1.0, total))
+
+
+@register_weighting("aligned_mtl")
+def aligned_mtl_weights(K: torch.Tensor, *, scale_mode: str = "min") -> torch.Tensor:
+    """Aligned-MTL (Senushkin et al. 2023): align the task gradients' principal components.
+    With K = V Λ Vᵀ on its rank r (eigenvalues above T·eps·max), B = sqrt(s) V Λ^-½ Vᵀ with s the
+    smallest ("min"), median ("median") or mean ("rmse") retained eigenvalue; weights B·(1/T).
+    Rank 0 gives the plain mean. Masks instead of slicing keep shapes fixed (no host sync).
+    Scale: torchjd's (pref vector = mean)."""
+    if scale_mode not in ("min", "median", "rmse"):
+        raise ValueError(f"scale_mode must be 'min', 'median' or 'rmse', got {scale_mode!r}")
+    K = K.double()
+    T = K.shape[0]
+    eigenvalues, V = torch.linalg.eigh(K)
+    tolerance = eigenvalues.max() * T * torch.finfo(K.dtype).eps
+    kept = eigenvalues > tolerance
+    safe = torch.where(kept, eigenvalues, torch.ones_like(eigenvalues))
+    inv_sqrt = torch.where(kept, safe.rsqrt(), torch.zeros_like(eigenvalues))
+    if scale_mode == "min":
+        scale = torch.where(kept, eigenvalues, torch.full_like(eigenvalues, float("inf"))).min()
+    elif scale_mode == "median":  # torch.median's lower median, over the kept eigenvalues
+        scale = torch.where(kept, eigenvalues, torch.full_like(eigenvalues, float("nan"))).nanmedian()
+    else:
+        scale = (eigenvalues * kept).sum() / kept.sum().clamp_min(1)
+    B = scale.clamp_min(0).sqrt() * (V * inv_sqrt) @ V.T
+    identity = torch.eye(T, dtype=K.dtype, device=K.device)
+    B = torch.where(kept.any(), B, identity)
+    return B @ torch.full((T,), 1.0 / T, dtype=K.dtype, device=K.device)
