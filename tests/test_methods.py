@@ -10,7 +10,7 @@ import fastmtl
 from fastmtl import methods
 
 torchjd = pytest.importorskip("torchjd.aggregation")
-WEIGHTINGS = ["sum", "mean", "pcgrad", "mgda", "imtl_g", "aligned_mtl"]
+WEIGHTINGS = ["sum", "mean", "pcgrad", "mgda", "imtl_g", "aligned_mtl", "upgrad", "dualproj"]
 
 
 @pytest.mark.parametrize("T", [2, 3, 5, 8])
@@ -68,7 +68,7 @@ def test_weighting_properties(method):
     assert_close_rel(methods.weighting(method)(K, **options) @ G, d, 1e-10)
 
 
-@pytest.mark.parametrize("method", ["sum", "mean", "mgda", "imtl_g", "aligned_mtl"])
+@pytest.mark.parametrize("method", ["sum", "mean", "mgda", "imtl_g", "aligned_mtl", "upgrad", "dualproj"])
 def test_permutation_invariance(method):
     G = random_gradients(5, 600, seed=8, dtype=torch.float64)
     permutation = torch.tensor([3, 0, 4, 1, 2])
@@ -121,3 +121,28 @@ def test_aligned_mtl_rank_deficient_and_zero():
     assert_close_rel(fastmtl.aggregate(dependent, "aligned_mtl"), expected, 1e-8)
     zero = torch.zeros(3, 10, dtype=torch.float64)
     assert torch.equal(fastmtl.aggregate(zero, "aligned_mtl"), torch.zeros(10, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("method,peer", [("upgrad", "UPGrad"), ("dualproj", "DualProj")])
+@pytest.mark.parametrize("T", [2, 3, 5, 8, 12])
+def test_dual_cone_methods_match_torchjd_quadprog(method, peer, T):
+    pytest.importorskip("quadprog")
+    pytest.importorskip("qpsolvers")
+    for seed in range(4):
+        G = random_gradients(T, 300, seed=seed, dtype=torch.float64)
+        expected = getattr(torchjd, peer)()(G)
+        assert_close_rel(fastmtl.aggregate(G, method), expected, 1e-7, f"seed {seed}")
+
+
+@pytest.mark.parametrize("method", ["upgrad", "dualproj"])
+def test_dual_cone_update_conflicts_with_no_task(method):
+    for seed in range(6):
+        G = random_gradients(6, 300, seed=seed, dtype=torch.float64)
+        d = fastmtl.aggregate(G, method)
+        assert (G @ d >= -1e-9 * G.norm(dim=1) * d.norm()).all()
+
+
+@pytest.mark.parametrize("method", ["upgrad", "dualproj"])
+def test_dual_cone_non_conflicting_gradients_give_the_mean(method):
+    G = torch.rand(4, 50, dtype=torch.float64)  # pairwise non-negative: the mean is already in the cone
+    assert_close_rel(fastmtl.aggregate(G, method), G.mean(0), 1e-10)

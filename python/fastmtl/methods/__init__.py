@@ -73,4 +73,4 @@ def available() -> list[str]:
     return sorted(_METHODS)
 
 
-from fastmtl.methods import basic, graddrop, gram_space, pcgrad  # noqa: E402,F401  (register the methods)
+from fastmtl.methods import basic, dual_cone, graddrop, gram_space, pcgrad  # noqa: E402,F401  (register the methods)
