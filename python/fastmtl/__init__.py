@@ -14,6 +14,7 @@ from fastmtl import methods
 from fastmtl._ext import HAS_CUDA, HAS_EXT, IMPORT_ERROR, build_info
 from fastmtl.functional import cluster_tasks, cosine_similarity, gram, graddrop, project_conflicts
 from fastmtl.optim import MTLOptimizer, backward
+from fastmtl.regularizers import GO4Align, cosreg_penalty
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,7 @@ def aggregate(G, method: str = "pcgrad", **options):
 
 
 __all__ = [
+    "GO4Align",
     "MTLOptimizer",
     "backward",
     "HAS_CUDA",
@@ -36,6 +38,7 @@ __all__ = [
     "aggregate",
     "build_info",
     "cluster_tasks",
+    "cosreg_penalty",
     "cosine_similarity",
     "gram",
     "graddrop",
