@@ -212,3 +212,24 @@ def test_reference_poisons_out_of_range_leak():
     G = random_gradients(3, 50, seed=1)
     out = reference.graddrop(G, torch.tensor([0.0, 1.5, 0.2]), None, stream_of(1, 50))
     assert torch.isnan(out).all()
+
+
+def test_batched_feature_form_matches_the_paper_per_task():
+    # Chen et al. Alg. 1: S_i = Σ_b sign(A_b) ∇_i,b; P = ½(1 + Σ_i S_i / Σ_i |S_i|) per feature;
+    # M_i = [P > U][S_i > 0] + [P < U][S_i < 0]; out_b = Σ_i (l_i + (1 - l_i) M_i) ∇_i,b.
+    T, B, F = 3, 4, 50
+    G = random_gradients(T, B * F, seed=2, dtype=torch.float64)
+    A = torch.randn(B * F, dtype=torch.float64)
+    leak = torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64)
+    out = fastmtl.graddrop(G, leak=leak, signs=A, batch=B, generator=seeded(4))
+    U = stream_of(4, F).double()
+    grads = G.view(T, B, F)
+    S = (grads * torch.sign(A).view(1, B, F)).sum(1)
+    purity = 0.5 * (1 + S.sum(0) / S.abs().sum(0))
+    expected = torch.zeros(B, F, dtype=torch.float64)
+    for i in range(T):
+        mask = (((purity > U) & (S[i] > 0)) | ((purity < U) & (S[i] < 0))).double()
+        expected += (leak[i] + (1 - leak[i]) * mask) * grads[i]
+    assert_close_rel(out, expected.reshape(-1), 1e-12)
+    with pytest.raises(ValueError, match="batch"):
+        fastmtl.graddrop(G, batch=7)

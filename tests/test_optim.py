@@ -216,3 +216,74 @@ def test_diagnostics_report_weights_cosines_and_conflicts():
                                     shared=net.encoder.parameters(), diagnostics=True)
     graddrop.backward(net.losses(x, y))
     assert graddrop.last_diagnostics["weights"] is None and graddrop.last_diagnostics["cosine"].shape == (3, 3)
+
+
+def test_feature_mode_equals_hand_written():
+    net, reference = model(), model()
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "pcgrad",
+                               shared=net.encoder.parameters(), shuffle=False)
+    x, y = batch(5)
+    z = opt.features(net.encoder(x))
+    losses = [((head(z).squeeze(1) - y[:, t]) ** 2).mean() for t, head in enumerate(net.heads)]
+    opt.zero_grad()
+    opt.backward(losses)
+    opt.step()
+    # By hand: gradients w.r.t. the representation, PCGrad there, one backward through the encoder.
+    z_ref = reference.encoder(x)
+    ref_losses = [((head(z_ref).squeeze(1) - y[:, t]) ** 2).mean() for t, head in enumerate(reference.heads)]
+    rows = torch.stack([torch.autograd.grad(loss, z_ref, retain_graph=True)[0].reshape(-1) for loss in ref_losses])
+    combined = pcgrad_per_vector(rows).view_as(z_ref)
+    encoder_grads = torch.autograd.grad(z_ref, list(reference.encoder.parameters()), combined, retain_graph=True)
+    head_grads = torch.autograd.grad(sum(ref_losses), list(reference.heads.parameters()))
+    with torch.no_grad():
+        for p, g in zip([*reference.encoder.parameters(), *reference.heads.parameters()], [*encoder_grads, *head_grads]):
+            p -= 0.1 * g
+    for a, b in zip(net.parameters(), reference.parameters()):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_feature_mode_graddrop_uses_the_papers_form():
+    net = model()
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "graddrop", shared=net.encoder.parameters())
+    x, y = batch(6)
+    representation = net.encoder(x)
+    z = opt.features(representation)
+    losses = [((head(z).squeeze(1) - y[:, t]) ** 2).mean() for t, head in enumerate(net.heads)]
+    rows = torch.stack([torch.autograd.grad(loss, z, retain_graph=True)[0].reshape(-1) for loss in losses])
+    torch.manual_seed(11)
+    combined = opt.backward(losses)
+    torch.manual_seed(11)
+    expected = fastmtl.graddrop(rows, signs=representation.detach().reshape(-1), batch=32)
+    assert torch.allclose(combined, expected, atol=1e-14)
+    assert all(p.grad is not None for p in net.encoder.parameters())
+
+
+def test_feature_mode_needs_a_representation_with_grad():
+    net = model()
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), shared=net.encoder.parameters())
+    with pytest.raises(ValueError, match="representation"):
+        opt.features(torch.zeros(3, 5))
+
+
+def test_every_k_steps_between_updates_use_one_weighted_backward():
+    # On a reuse step the update must equal (cached w) . G for the shared parameters and the
+    # plain summed gradient for the heads, as if the T per-task passes had run.
+    net = model()
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "mgda",
+                               shared=net.encoder.parameters(), every=4)
+    opt.zero_grad()
+    opt.backward(net.losses(*batch(0)))
+    opt.step()
+    weights = opt.state_dict()["fastmtl"]["weights"]
+    x, y = batch(1)
+    shared, heads = list(net.encoder.parameters()), list(net.heads.parameters())
+    losses = net.losses(x, y)
+    rows = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, shared, retain_graph=True)])
+                        for loss in losses])
+    head_grads = torch.autograd.grad(sum(losses), heads, retain_graph=True)
+    opt.zero_grad()
+    combined = opt.backward(net.losses(x, y))
+    assert torch.allclose(combined, weights.to(rows.dtype) @ rows, atol=1e-12)
+    assert torch.allclose(torch.cat([p.grad.reshape(-1) for p in shared]), combined)
+    for p, g in zip(heads, head_grads):
+        assert torch.allclose(p.grad, g, atol=1e-12)

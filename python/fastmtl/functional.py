@@ -135,6 +135,7 @@ def graddrop(
     *,
     leak=0.0,
     signs: torch.Tensor | None = None,
+    batch: int | None = None,
     generator: torch.Generator | None = None,
     impl: str = "auto",
 ) -> torch.Tensor:
@@ -144,6 +145,9 @@ def graddrop(
     kept where (P > U and g_i > 0) or (P < U and g_i < 0), else multiplied by ``leak`` (a float
     or a [T] tensor in [0, 1]); returns the sum over tasks. ``signs`` [P] (feature-level form):
     the activation whose sign multiplies each g_i before purity and mask are computed.
+    ``batch`` (feature-level form, Alg. 1 of the paper): G's columns are ``batch`` x F
+    activation gradients, batch-major; purity and masks come from the sign-corrected gradients
+    summed over the batch and apply to every batch element (pure-PyTorch path).
     U comes from a Philox stream seeded from ``generator``: a seeded call is reproducible and
     draws the same masks on every ``impl`` (results agree to the last bit of rounding). NaN/Inf in G or NaN in ``signs`` propagate to the
     affected coordinates.
@@ -159,6 +163,12 @@ def graddrop(
         signs = signs.detach()
     generator = _validate.generator_for(generator, G.device)
     seed = torch.randint(0, 2**62, (2,), generator=generator, device=G.device, dtype=torch.int64)
+    if batch is not None:
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1 or G.shape[1] % batch:
+            raise ValueError(f"batch must be a positive int dividing P = {G.shape[1]}, got {batch!r}")
+        _validate.choice(impl, _validate.IMPLS, "impl")
+        uniform = reference.philox_uniform(seed, G.shape[1] // batch)
+        return reference.graddrop_batched(G, leak_t, signs, uniform, batch)
     if use_extension(impl, G):
         return torch.ops.fastmtl.graddrop(G, leak_t, signs, seed)
     return reference.graddrop(G, leak_t, signs, reference.philox_uniform(seed, G.shape[1]))

@@ -20,7 +20,7 @@ import inspect
 import torch
 
 from fastmtl import functional, methods, reference
-from fastmtl.engine import TaskGradients, shared_parameter_list
+from fastmtl.engine import TaskGradients, check_losses, shared_parameter_list
 
 def diagnostics_of(K: torch.Tensor, weights: torch.Tensor | None) -> dict:
     """Task weights (Gram-space methods), cosine matrix and number of conflicting task pairs
@@ -35,7 +35,8 @@ class MTLOptimizer:
 
     ``method``: any name of ``fastmtl.methods.available()``; ``options`` go to it (e.g.
     ``shuffle=False``). ``every=k`` recomputes the task weights of a Gram-space method only every
-    k steps and reuses them in between (the per-task backward passes still run every step).
+    k steps; in between, with w fixed, w . G is the gradient of Σ w_t L_t, so those steps run
+    one backward pass instead of T (the heads still get their plain gradients).
     ``diagnostics=True`` keeps ``last_diagnostics`` after each backward: task weights, cosine
     matrix, number of conflicting pairs (one extra Gram pass for methods that have no K).
     """
@@ -64,6 +65,8 @@ class MTLOptimizer:
         self._step, self._weights = 0, None
         self.diagnostics = diagnostics
         self.last_diagnostics: dict | None = None
+        self._representation: torch.Tensor | None = None  # feature mode, set by features()
+        self._feature_leaf: torch.Tensor | None = None
 
     # The wrapped optimizer's interface, so schedulers, clipping and GradScaler see a plain optimizer.
     @property
@@ -86,21 +89,78 @@ class MTLOptimizer:
             elif p.grad is not None:
                 p.grad.zero_()
 
+    def features(self, representation: torch.Tensor) -> torch.Tensor:
+        """Feature-level mode for the next ``backward``: pass the shared representation z (the
+        encoder's output) through this and feed the heads with what it returns (a detached leaf).
+        ``backward`` then takes per-task gradients only down to z (through the heads alone),
+        aggregates them there, and back-propagates the result once through the encoder.
+        GradDrop then uses its original form: signs of z, purity summed over the batch."""
+        if not isinstance(representation, torch.Tensor) or not representation.requires_grad:
+            raise ValueError("features() needs the shared representation, a tensor that requires grad")
+        self._representation = representation
+        self._feature_leaf = representation.detach().requires_grad_()
+        return self._feature_leaf
+
     def backward(self, losses) -> torch.Tensor:
         """Per-task backward passes, then the aggregated gradient into the shared ``.grad``.
-        Returns the aggregated gradient [P] (a view of the buffer the ``.grad`` share)."""
-        G = self._gradients.compute(losses)
+        Returns the aggregated gradient [P] (a view of the buffer the ``.grad`` share); in
+        feature mode, the aggregated gradient of the representation, flattened."""
+        if self._representation is not None:
+            return self._backward_features(losses)
+        if self._reuses_weights():
+            return self._backward_weighted(losses)
+        return self._aggregate_into(self._gradients, self._gradients.compute(losses), self.options)
+
+    def _reuses_weights(self) -> bool:
+        return self._weighting is not None and self._weights is not None and self._step % self.every != 0
+
+    def _backward_weighted(self, losses) -> torch.Tensor:
+        """A step between weight updates of every=k: with w fixed, w . G is the gradient of
+        Σ w_t L_t, so one backward pass replaces the T per-task passes (for the shared
+        parameters); the heads get their plain gradients from Σ L_t, through the heads only."""
+        losses = check_losses(losses)
+        if self._weights.shape[0] != len(losses):
+            raise ValueError(f"every={self.every}: {len(losses)} losses but the cached weights are for "
+                             f"{self._weights.shape[0]} tasks")
+        shared = self._gradients.params
+        weights = self._weights.detach()
+        weighted = sum(w.to(loss.dtype) * loss.reshape(()) for w, loss in zip(weights, losses))
+        torch.autograd.backward(weighted, inputs=shared, retain_graph=True)
+        shared_ids = {id(p) for p in shared}
+        heads = [p for group in self.optimizer.param_groups for p in group["params"]
+                 if p.requires_grad and id(p) not in shared_ids]
+        if heads:
+            plain = sum(loss.reshape(()) for loss in losses)
+            for p, grad in zip(heads, torch.autograd.grad(plain, heads, allow_unused=True)):
+                if grad is not None:
+                    p.grad = grad if p.grad is None else p.grad + grad
+        self.last_diagnostics = None  # no per-task gradients on this step
+        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in shared])
+
+    def _backward_features(self, losses) -> torch.Tensor:
+        representation, self._representation = self._representation, None
+        gradients = TaskGradients([self._feature_leaf])  # per-task gradients w.r.t. z only
+        G = gradients.compute(losses)
+        options = dict(self.options)
+        if self.method == "graddrop":  # the paper's feature-level form
+            options.setdefault("signs", representation.detach().reshape(-1).to(G.dtype))
+            options.setdefault("batch", representation.shape[0] if representation.dim() > 1 else 1)
+        combined = self._aggregate_into(gradients, G, options)
+        representation.backward(combined.view_as(representation).to(representation.dtype))
+        return combined
+
+    def _aggregate_into(self, gradients: TaskGradients, G: torch.Tensor, options: dict) -> torch.Tensor:
         impl = self.options.get("impl", "auto")
         K = functional.gram(G, impl=impl) if self.diagnostics else None
         if self._weighting is not None:
             if self._weights is None or self._step % self.every == 0 or self._weights.shape[0] != G.shape[0]:
                 K = functional.gram(G, impl=impl) if K is None else K
-                options = {key: value for key, value in self.options.items() if key != "impl" or "impl" in self._weighting_keywords}
-                self._weights = self._weighting(K, **options)
-            combined = self._gradients.write_combined(
-                lambda out: functional.combine(G, self._weights, out=out, impl=impl))
+                weighting_options = {key: value for key, value in options.items()
+                                     if key != "impl" or "impl" in self._weighting_keywords}
+                self._weights = self._weighting(K, **weighting_options)
+            combined = gradients.write_combined(lambda out: functional.combine(G, self._weights, out=out, impl=impl))
         else:
-            combined = self._gradients.write_combined(lambda out: out.copy_(self._aggregate(G, **self.options)))
+            combined = gradients.write_combined(lambda out: out.copy_(self._aggregate(G, **options)))
         if self.diagnostics:
             self.last_diagnostics = diagnostics_of(K, self._weights if self._weighting is not None else None)
         return combined

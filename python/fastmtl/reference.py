@@ -95,35 +95,64 @@ def philox_uniform(seed: torch.Tensor, n: int) -> torch.Tensor:
     return (bits >> 8).to(torch.float32) * (1.0 / 16777216.0)
 
 
-def graddrop(
-    G: torch.Tensor, leak: torch.Tensor, signs: torch.Tensor | None, uniform: torch.Tensor
-) -> torch.Tensor:
-    """GradDrop (Chen et al. 2020) with explicit uniforms U [P]; sums run over tasks in index
-    order in the accumulation dtype, as in the kernels, so masks agree bit for bit."""
-    acc = accumulate_dtype(G.dtype)
-    X = G.to(acc)
-    if signs is None:
-        sign = torch.ones_like(X[0])
-    else:  # torch.sign(NaN) is 0 on some builds; keep NaN, like sign_of in surgery_math.h
-        activation = signs.to(acc)
-        sign = torch.where(torch.isnan(activation), activation, torch.sign(activation))
-    signed = X * sign
-    signed_sum = torch.zeros_like(X[0])
-    abs_sum = torch.zeros_like(X[0])
+def _activation_sign(signs: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    # torch.sign(NaN) is 0 on some builds; keep NaN, like sign_of in surgery_math.h.
+    activation = signs.to(acc)
+    return torch.where(torch.isnan(activation), activation, torch.sign(activation))
+
+
+def graddrop_factors(signed: torch.Tensor, leak: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """GradDrop's factor per task and coordinate, [T, N]: 1 where task i is kept, leak_i where
+    dropped, from the sign-corrected gradients ``signed`` [T, N] and U [N]. Sums run over tasks
+    in index order, as in the kernels, so masks agree bit for bit."""
+    signed_sum = torch.zeros_like(signed[0])
+    abs_sum = torch.zeros_like(signed[0])
     for row in signed:
         signed_sum = signed_sum + row
         abs_sum = abs_sum + row.abs()
     safe_abs = torch.where(abs_sum > 0, abs_sum, torch.ones_like(abs_sum))
     purity = torch.where(abs_sum > 0, 0.5 * (1 + signed_sum / safe_abs), torch.full_like(abs_sum, 0.5))
-    U = uniform.to(acc)
+    U = uniform.to(signed.dtype)
     keep = ((purity > U) & (signed > 0)) | ((purity < U) & (signed < 0))
-    factor = torch.where(keep, torch.ones_like(X), leak.to(acc)[:, None].expand_as(X))
+    return torch.where(keep, torch.ones_like(signed), leak.to(signed.dtype)[:, None].expand_as(signed))
+
+
+def _weighted_task_sum(factor: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     out = torch.zeros_like(X[0])
-    for row_factor, row in zip(factor, X):
+    for row_factor, row in zip(factor, X):  # index order, as the kernels
         out = out + row_factor * row
+    return out
+
+
+def graddrop(
+    G: torch.Tensor, leak: torch.Tensor, signs: torch.Tensor | None, uniform: torch.Tensor
+) -> torch.Tensor:
+    """GradDrop (Chen et al. 2020) with explicit uniforms U [P], one purity per coordinate."""
+    acc = accumulate_dtype(G.dtype)
+    X = G.to(acc)
+    sign = torch.ones_like(X[0]) if signs is None else _activation_sign(signs, acc)
+    out = _weighted_task_sum(graddrop_factors(X * sign, leak, uniform), X)
     if signs is not None:
         out = out + (sign - sign)  # NaN activation -> NaN output, as in the kernels
     return (out + graddrop_leak_poison(leak.to(acc))).to(G.dtype)
+
+
+def graddrop_batched(
+    G: torch.Tensor, leak: torch.Tensor, signs: torch.Tensor | None, uniform: torch.Tensor, batch: int
+) -> torch.Tensor:
+    """GradDrop's feature-level form exactly as Chen et al. 2020, Alg. 1: G's columns are
+    ``batch`` x F activations (batch-major); purity and masks come from the sign-corrected
+    gradients summed over the batch, S_i = Σ_b sign(A_b) ∇_i,b [T, F], with one U per feature
+    (``uniform`` [F]); the mask of a feature applies to every batch element."""
+    acc = accumulate_dtype(G.dtype)
+    T, P = G.shape
+    X = G.to(acc).reshape(T, batch, P // batch)
+    sign = torch.ones_like(X[0]) if signs is None else _activation_sign(signs, acc).reshape(batch, -1)
+    factor = graddrop_factors((X * sign).sum(1), leak, uniform)  # [T, F]
+    out = _weighted_task_sum(factor[:, None, :].expand_as(X), X)
+    if signs is not None:
+        out = out + (sign - sign)
+    return (out + graddrop_leak_poison(leak.to(acc))).reshape(P).to(G.dtype)
 
 
 def graddrop_leak_poison(leak: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Scale: sum of the kept task gradients (with ``leak=1`` it is exactly Σ_i g_i), as in the paper
 and torchjd. The original form applies it to feature-level gradients with ``signs`` = the
-activation; on parameter gradients leave ``signs=None``.
+activation and ``batch`` = the batch size (purity from batch-summed gradients); on parameter
+gradients leave both None. MTLOptimizer's feature mode sets both.
 """
 
 from fastmtl import functional
@@ -10,5 +11,5 @@ from fastmtl.methods import register
 
 
 @register("graddrop")
-def aggregate_graddrop(G, *, leak=0.0, signs=None, generator=None, impl="auto"):
-    return functional.graddrop(G, leak=leak, signs=signs, generator=generator, impl=impl)
+def aggregate_graddrop(G, *, leak=0.0, signs=None, batch=None, generator=None, impl="auto"):
+    return functional.graddrop(G, leak=leak, signs=signs, batch=batch, generator=generator, impl=impl)
