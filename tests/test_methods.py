@@ -10,7 +10,7 @@ import fastmtl
 from fastmtl import methods
 
 torchjd = pytest.importorskip("torchjd.aggregation")
-WEIGHTINGS = ["sum", "mean", "pcgrad", "mgda", "imtl_g", "aligned_mtl", "upgrad", "dualproj"]
+WEIGHTINGS = ["sum", "mean", "pcgrad", "mgda", "imtl_g", "aligned_mtl", "upgrad", "dualproj", "gradvac"]
 
 
 @pytest.mark.parametrize("T", [2, 3, 5, 8])
@@ -58,7 +58,7 @@ def test_imtl_g_hand_case_and_equal_projections():
 @pytest.mark.parametrize("method", WEIGHTINGS)
 def test_weighting_properties(method):
     G = random_gradients(5, 600, seed=7, dtype=torch.float64)
-    options = {"shuffle": False} if method == "pcgrad" else {}
+    options = {"shuffle": False} if method in ("pcgrad", "gradvac") else {}
     d = fastmtl.aggregate(G, method, **options)
     assert d.shape == (600,) and torch.isfinite(d).all()
     # Scale: the direction is linear in a common scale of the gradients.
@@ -146,3 +146,36 @@ def test_dual_cone_update_conflicts_with_no_task(method):
 def test_dual_cone_non_conflicting_gradients_give_the_mean(method):
     G = torch.rand(4, 50, dtype=torch.float64)  # pairwise non-negative: the mean is already in the cone
     assert_close_rel(fastmtl.aggregate(G, method), G.mean(0), 1e-10)
+
+
+def test_gradvac_matches_torchjd_over_steps(monkeypatch):
+    # torchjd draws each task's order with torch.randperm; fix it to index order on both sides.
+    monkeypatch.setattr(torch, "randperm", lambda n, *args, **kwargs: torch.arange(n))
+    peer = torchjd.GradVac(beta=0.3)
+    state = methods.new_state("gradvac")
+    for step in range(5):
+        G = random_gradients(4, 300, seed=step, dtype=torch.float64)
+        expected = peer(G)
+        got = fastmtl.aggregate(G, "gradvac", beta=0.3, shuffle=False, state=state)
+        assert_close_rel(got, expected, 1e-10, f"step {step}")
+    assert state.targets.shape == (4, 4) and state.targets.abs().sum() > 0
+
+
+def test_gradvac_with_zero_targets_lifts_negative_cosines_to_zero():
+    # First step: targets start at 0, so every conflicting pair is made orthogonal (PCGrad-like).
+    G = torch.tensor([[1.0, 0.0], [-1.0, 1.0]], dtype=torch.float64)
+    d = fastmtl.aggregate(G, "gradvac", shuffle=False)
+    expected = fastmtl.project_conflicts(G, shuffle=False)
+    assert_close_rel(d, expected, 1e-6)
+
+
+def test_gradvac_state_in_the_optimizer_state_dict():
+    torch.manual_seed(0)
+    encoder, head = torch.nn.Linear(4, 3).double(), torch.nn.Linear(3, 2).double()
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD([*encoder.parameters(), *head.parameters()], lr=0.1), "gradvac",
+                               shared=encoder.parameters(), shuffle=False)
+    x = torch.randn(16, 4, dtype=torch.float64)
+    out = head(encoder(x))
+    opt.backward([out[:, 0].pow(2).mean(), (out[:, 1] - 1).pow(2).mean()])
+    saved = opt.state_dict()["fastmtl"]["method_state"]["targets"]
+    assert saved is not None and saved.shape == (2, 2)

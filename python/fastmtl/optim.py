@@ -61,6 +61,9 @@ class MTLOptimizer:
         self.method, self.options, self.every = method, options, every
         self._aggregate = aggregate
         self._weighting_keywords = set(inspect.signature(self._weighting).parameters) if self._weighting else set()
+        self._method_state = methods.new_state(method)  # e.g. GradVac's cosine targets
+        if self._method_state is not None:
+            options.setdefault("state", self._method_state)
         self._gradients = TaskGradients(shared_parameter_list(shared))
         self._step, self._weights = 0, None
         self.diagnostics = diagnostics
@@ -173,7 +176,8 @@ class MTLOptimizer:
     def state_dict(self) -> dict:
         return {
             "optimizer": self.optimizer.state_dict(),
-            "fastmtl": {"method": self.method, "every": self.every, "step": self._step, "weights": self._weights},
+            "fastmtl": {"method": self.method, "every": self.every, "step": self._step, "weights": self._weights,
+                        "method_state": None if self._method_state is None else self._method_state.state_dict()},
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -182,6 +186,8 @@ class MTLOptimizer:
             raise ValueError(f"state_dict is for method {ours['method']!r}, this optimizer uses {self.method!r}")
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self._step = ours["step"]
+        if self._method_state is not None and ours.get("method_state") is not None:
+            self._method_state.load_state_dict(ours["method_state"])
         weights = ours["weights"]
         self._weights = None if weights is None else weights.to(self._gradients.params[0].device).clone()
 

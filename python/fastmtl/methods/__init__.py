@@ -19,6 +19,7 @@ import torch
 Method = Callable[..., torch.Tensor]
 _METHODS: dict[str, Method] = {}
 _WEIGHTINGS: dict[str, Method] = {}
+_STATES: dict[str, type] = {}  # stateful weightings: the class of their state (EMAs and the like)
 
 
 def register(name: str):
@@ -29,8 +30,10 @@ def register(name: str):
     return decorate
 
 
-def register_weighting(name: str):
-    """Registers ``weights(K, **options)`` and the method G -> weights(gram(G)) . G."""
+def register_weighting(name: str, state: type | None = None):
+    """Registers ``weights(K, **options)`` and the method G -> weights(gram(G)) . G. A stateful
+    weighting names its state class; it takes ``state=`` (None: a fresh state per call) and
+    MTLOptimizer keeps one across steps and in its state_dict."""
 
     def decorate(weights: Method) -> Method:
         from fastmtl import functional
@@ -52,6 +55,8 @@ def register_weighting(name: str):
         aggregate.__name__ = f"aggregate_{name}"
         _WEIGHTINGS[name] = weights
         _METHODS[name] = aggregate
+        if state is not None:
+            _STATES[name] = state
         return weights
 
     return decorate
@@ -69,8 +74,14 @@ def weighting(name: str) -> Method | None:
     return _WEIGHTINGS.get(name)
 
 
+def new_state(name: str):
+    """A fresh state object for a stateful method, or None."""
+    get(name)
+    return _STATES[name]() if name in _STATES else None
+
+
 def available() -> list[str]:
     return sorted(_METHODS)
 
 
-from fastmtl.methods import basic, dual_cone, graddrop, gram_space, pcgrad  # noqa: E402,F401  (register the methods)
+from fastmtl.methods import basic, dual_cone, graddrop, gradvac, gram_space, pcgrad  # noqa: E402,F401  (register the methods)
