@@ -287,3 +287,36 @@ def test_every_k_steps_between_updates_use_one_weighted_backward():
     assert torch.allclose(torch.cat([p.grad.reshape(-1) for p in shared]), combined)
     for p, g in zip(heads, head_grads):
         assert torch.allclose(p.grad, g, atol=1e-12)
+
+
+def test_loss_side_methods_in_the_optimizer():
+    net, reference = model(), model()
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "cosreg",
+                               shared=net.encoder.parameters(), weight=0.5)
+    x, y = batch(7)
+    opt.zero_grad()
+    assert opt.backward(net.losses(x, y)) is None
+    opt.step()
+    losses = reference.losses(x, y)
+    total = sum(losses) + fastmtl.cosreg_penalty(losses, reference.encoder.parameters(), weight=0.5)
+    grads = torch.autograd.grad(total, list(reference.parameters()))
+    with torch.no_grad():
+        for p, g in zip(reference.parameters(), grads):
+            p -= 0.1 * g
+    for a, b in zip(net.parameters(), reference.parameters()):
+        assert torch.allclose(a, b, atol=1e-12)
+
+    go = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "go4align",
+                              shared=net.encoder.parameters(), n_groups=2)
+    for step in range(3):
+        go.zero_grad()
+        go.backward(net.losses(*batch(step)))
+        go.step()
+    saved = go.state_dict()
+    twin = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "go4align",
+                                shared=net.encoder.parameters(), n_groups=2)
+    twin.load_state_dict(copy.deepcopy(saved))
+    losses = net.losses(*batch(9))
+    assert torch.equal(go._loss_method.weighter.weights(losses), twin._loss_method.weighter.weights(losses))
+    with pytest.raises(TypeError, match="options"):
+        fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "cosreg", shared=net.encoder.parameters(), leak=1)

@@ -17,6 +17,7 @@ import torch
 import fastmtl
 from fastmtl.data import multi_digits
 from fastmtl.plots import plot_history
+from fastmtl.regularizers import LOSS_METHODS
 
 
 class SharedNet(torch.nn.Module):
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", default="pcgrad", choices=fastmtl.methods.available())
+    parser.add_argument("--method", default="pcgrad", choices=[*fastmtl.methods.available(), *LOSS_METHODS])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)

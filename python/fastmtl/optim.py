@@ -21,6 +21,7 @@ import torch
 
 from fastmtl import functional, methods, reference
 from fastmtl.engine import TaskGradients, check_losses, shared_parameter_list
+from fastmtl.regularizers import LOSS_METHODS
 
 def diagnostics_of(K: torch.Tensor, weights: torch.Tensor | None) -> dict:
     """Task weights (Gram-space methods), cosine matrix and number of conflicting task pairs
@@ -47,6 +48,9 @@ class MTLOptimizer:
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if shared is None:
             raise ValueError("shared: give the parameters shared by the tasks (e.g. model.encoder.parameters())")
+        if method in LOSS_METHODS:  # CosReg, GO4Align: a loss to back-propagate once
+            self._init_loss_method(optimizer, method, shared, options)
+            return
         aggregate = methods.get(method)
         try:
             inspect.signature(aggregate).bind(None, **options)
@@ -70,6 +74,18 @@ class MTLOptimizer:
         self.last_diagnostics: dict | None = None
         self._representation: torch.Tensor | None = None  # feature mode, set by features()
         self._feature_leaf: torch.Tensor | None = None
+
+    def _init_loss_method(self, optimizer, method, shared, options) -> None:
+        try:
+            self._loss_method = LOSS_METHODS[method](**options)
+        except TypeError as error:
+            raise TypeError(f"method {method!r} does not take these options: {error}") from None
+        self.optimizer, self.method, self.options, self.every = optimizer, method, options, 1
+        self._shared = shared_parameter_list(shared)
+        self._gradients = TaskGradients(self._shared)  # for zero_grad of shared params
+        self._weighting, self._method_state, self._step, self._weights = None, None, 0, None
+        self.diagnostics, self.last_diagnostics = False, None
+        self._representation = self._feature_leaf = None
 
     # The wrapped optimizer's interface, so schedulers, clipping and GradScaler see a plain optimizer.
     @property
@@ -107,7 +123,11 @@ class MTLOptimizer:
     def backward(self, losses) -> torch.Tensor:
         """Per-task backward passes, then the aggregated gradient into the shared ``.grad``.
         Returns the aggregated gradient [P] (a view of the buffer the ``.grad`` share); in
-        feature mode, the aggregated gradient of the representation, flattened."""
+        feature mode, the aggregated gradient of the representation, flattened; None for the
+        loss-side methods (cosreg, go4align), which run one backward of the loss they build."""
+        if self.method in LOSS_METHODS:
+            self._loss_method(losses, self._shared).backward()
+            return None
         if self._representation is not None:
             return self._backward_features(losses)
         if self._reuses_weights():
@@ -177,7 +197,8 @@ class MTLOptimizer:
         return {
             "optimizer": self.optimizer.state_dict(),
             "fastmtl": {"method": self.method, "every": self.every, "step": self._step, "weights": self._weights,
-                        "method_state": None if self._method_state is None else self._method_state.state_dict()},
+                        "method_state": self._loss_method.state_dict() if self.method in LOSS_METHODS
+                        else None if self._method_state is None else self._method_state.state_dict()},
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -186,7 +207,9 @@ class MTLOptimizer:
             raise ValueError(f"state_dict is for method {ours['method']!r}, this optimizer uses {self.method!r}")
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self._step = ours["step"]
-        if self._method_state is not None and ours.get("method_state") is not None:
+        if self.method in LOSS_METHODS:
+            self._loss_method.load_state_dict(ours["method_state"])
+        elif self._method_state is not None and ours.get("method_state") is not None:
             self._method_state.load_state_dict(ours["method_state"])
         weights = ours["weights"]
         self._weights = None if weights is None else weights.to(self._gradients.params[0].device).clone()

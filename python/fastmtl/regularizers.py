@@ -109,3 +109,50 @@ class GO4Align:
     def load_state_dict(self, state: dict) -> None:
         self.zeta = None if state["zeta"] is None else state["zeta"].clone()
         self.n_groups, self.beta = state["n_groups"], state["beta"]
+
+
+class CosRegLoss:
+    """MTLOptimizer's "cosreg": the summed loss plus CosReg's penalty, one backward."""
+
+    def __init__(self, weight: float = 1.0, eps: float = 1e-8):
+        if not weight >= 0:
+            raise ValueError(f"weight must be >= 0, got {weight!r}")
+        self.weight, self.eps = weight, eps
+
+    def __call__(self, losses, shared) -> torch.Tensor:
+        losses = check_losses(losses)
+        return sum(loss.reshape(()) for loss in losses) + cosreg_penalty(losses, shared, weight=self.weight, eps=self.eps)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class GO4AlignLoss:
+    """MTLOptimizer's "go4align": Σ ω_m L_m from GO4Align, one backward; T is read from the
+    first step."""
+
+    def __init__(self, n_groups: int = 2, beta: float = 1e-4):
+        self.n_groups, self.beta = n_groups, beta
+        self.weighter: GO4Align | None = None
+
+    def __call__(self, losses, shared) -> torch.Tensor:
+        losses = check_losses(losses)
+        if self.weighter is None:
+            self.weighter = GO4Align(len(losses), n_groups=min(self.n_groups, len(losses)), beta=self.beta)
+        return self.weighter.loss(losses)
+
+    def state_dict(self) -> dict:
+        return {} if self.weighter is None else {"n_tasks": self.weighter.n_tasks, **self.weighter.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.weighter = GO4Align(state["n_tasks"], n_groups=state["n_groups"], beta=state["beta"])
+            self.weighter.load_state_dict(state)
+
+
+# Methods that act on the losses, not on per-task gradients: MTLOptimizer runs one backward of
+# the loss they build. (They have no fastmtl.aggregate(G) form: they never see G.)
+LOSS_METHODS = {"cosreg": CosRegLoss, "go4align": GO4AlignLoss}

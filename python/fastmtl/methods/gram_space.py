@@ -19,7 +19,8 @@ from fastmtl.methods import register_weighting
 @register_weighting("mgda")
 def mgda_weights(K: torch.Tensor, *, max_iters: int = 100, epsilon: float = 1e-3) -> torch.Tensor:
     """Frank-Wolfe on min_a a^T K a over the simplex, from the uniform point; stops updating once
-    a step's gamma falls below ``epsilon`` (a mask, not a Python ``if``: no host sync)."""
+    a step's gamma falls below ``epsilon`` (on a GPU by a mask, with no host sync; on the CPU the
+    loop also ends there, with the same result)."""
     if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
         raise ValueError(f"max_iters must be an int >= 1, got {max_iters!r}")
     if not epsilon > 0:
@@ -28,6 +29,7 @@ def mgda_weights(K: torch.Tensor, *, max_iters: int = 100, epsilon: float = 1e-3
     T = K.shape[0]
     alpha = torch.full((T,), 1.0 / T, dtype=K.dtype, device=K.device)
     done = torch.zeros((), dtype=torch.bool, device=K.device)
+    on_host = K.device.type == "cpu"
     for _ in range(max_iters):
         K_alpha = K @ alpha
         t = K_alpha.argmin()
@@ -41,6 +43,8 @@ def mgda_weights(K: torch.Tensor, *, max_iters: int = 100, epsilon: float = 1e-3
         gamma = torch.where(done, torch.zeros_like(gamma), gamma)
         alpha = (1 - gamma) * alpha + gamma * vertex
         done = done | (gamma < epsilon)
+        if on_host and bool(done):  # reading a CPU tensor costs no device sync: stop early there
+            break
     return alpha
 
 
