@@ -10,7 +10,7 @@ import fastmtl
 from fastmtl import methods
 
 torchjd = pytest.importorskip("torchjd.aggregation")
-WEIGHTINGS = ["sum", "mean", "pcgrad", "mgda", "imtl_g", "aligned_mtl", "upgrad", "dualproj", "gradvac"]
+WEIGHTINGS = ["sum", "mean", "pcgrad", "mgda", "imtl_g", "aligned_mtl", "upgrad", "dualproj", "gradvac", "cagrad"]
 
 
 @pytest.mark.parametrize("T", [2, 3, 5, 8])
@@ -179,3 +179,34 @@ def test_gradvac_state_in_the_optimizer_state_dict():
     opt.backward([out[:, 0].pow(2).mean(), (out[:, 1] - 1).pow(2).mean()])
     saved = opt.state_dict()["fastmtl"]["method_state"]["targets"]
     assert saved is not None and saved.shape == (2, 2)
+
+
+@pytest.mark.parametrize("c", [0.2, 0.5, 0.9])
+@pytest.mark.parametrize("T", [2, 3, 5, 8])
+def test_cagrad_agrees_with_torchjd_in_direction(c, T):
+    pytest.importorskip("cvxpy")
+    for seed in range(3):
+        G = random_gradients(T, 300, seed=seed, dtype=torch.float64)
+        ours, theirs = fastmtl.aggregate(G, "cagrad", c=c), torchjd.CAGrad(c=c)(G)
+        assert float(ours @ theirs / (ours.norm() * theirs.norm())) > 0.99999
+        assert_close_rel(ours, theirs, 5e-3)
+
+
+def test_cagrad_c_zero_is_the_mean_and_rescale_divides():
+    G = random_gradients(4, 100, seed=2, dtype=torch.float64)
+    assert_close_rel(fastmtl.aggregate(G, "cagrad", c=0.0), G.mean(0), 1e-12)
+    plain = fastmtl.aggregate(G, "cagrad", c=0.4)
+    assert_close_rel(fastmtl.aggregate(G, "cagrad", c=0.4, rescale=1), plain / 1.16, 1e-12)
+    assert_close_rel(fastmtl.aggregate(G, "cagrad", c=0.4, rescale=2), plain / 1.4, 1e-12)
+    with pytest.raises(ValueError, match="rescale"):
+        fastmtl.aggregate(G, "cagrad", rescale=3)
+
+
+def test_project_to_simplex():
+    from fastmtl.methods.cagrad import project_to_simplex
+
+    for v in (torch.tensor([0.2, 0.3, 0.5]), torch.tensor([2.0, -1.0, 0.5]), torch.tensor([-3.0, -3.0])):
+        w = project_to_simplex(v.double())
+        assert (w >= 0).all() and abs(float(w.sum()) - 1) < 1e-12
+    assert torch.allclose(project_to_simplex(torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)),
+                          torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
