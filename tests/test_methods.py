@@ -1,6 +1,8 @@
 """Gram-space methods (MGDA, IMTL-G, and the registry's weighting form of sum/mean/pcgrad):
 torchjd's aggregators as oracles, the papers' defining properties, hand-computed cases."""
 
+import warnings
+
 import pytest
 import torch
 from conftest import assert_close_rel
@@ -11,6 +13,7 @@ from fastmtl import methods
 
 torchjd = pytest.importorskip("torchjd.aggregation")
 WEIGHTINGS = ["sum", "mean", "pcgrad", "mgda", "imtl_g", "aligned_mtl", "upgrad", "dualproj", "gradvac", "cagrad"]
+# nash_mtl is left out of the scale test on purpose: its max_norm cap is not scale-linear.
 
 
 @pytest.mark.parametrize("T", [2, 3, 5, 8])
@@ -210,3 +213,28 @@ def test_project_to_simplex():
         assert (w >= 0).all() and abs(float(w.sum()) - 1) < 1e-12
     assert torch.allclose(project_to_simplex(torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)),
                           torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("T", [2, 3, 5, 8])
+def test_nash_mtl_matches_torchjd(T):
+    pytest.importorskip("cvxpy")
+    pytest.importorskip("ecos")
+    for seed in range(3):
+        G = random_gradients(T, 300, seed=seed, dtype=torch.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # cvxpy's "not DPP" notice inside torchjd
+            expected = torchjd.NashMTL(n_tasks=T)(G)
+        assert_close_rel(fastmtl.aggregate(G, "nash_mtl"), expected, 1e-6)
+
+
+def test_nash_mtl_solves_the_bargaining_equation():
+    for seed in range(4):
+        G = random_gradients(5, 200, seed=seed, dtype=torch.float64)
+        K = G @ G.T
+        alpha = methods.weighting("nash_mtl")(K, max_norm=0.0)
+        assert (alpha > 0).all()
+        assert torch.allclose(K @ alpha, 1 / alpha, rtol=1e-10)
+    capped = fastmtl.aggregate(G, "nash_mtl", max_norm=0.5)
+    assert abs(float(capped.norm()) - 0.5) < 1e-12
+    G[2] = 0  # a task with no gradient: finite result, the others still balanced
+    assert torch.isfinite(fastmtl.aggregate(G, "nash_mtl")).all()

@@ -84,4 +84,4 @@ def available() -> list[str]:
     return sorted(_METHODS)
 
 
-from fastmtl.methods import basic, cagrad, dual_cone, graddrop, gradvac, gram_space, pcgrad  # noqa: E402,F401  (register the methods)
+from fastmtl.methods import basic, cagrad, dual_cone, graddrop, gradvac, gram_space, nash_mtl, pcgrad  # noqa: E402,F401  (register the methods)
