@@ -238,3 +238,9 @@ def test_nash_mtl_solves_the_bargaining_equation():
     assert abs(float(capped.norm()) - 0.5) < 1e-12
     G[2] = 0  # a task with no gradient: finite result, the others still balanced
     assert torch.isfinite(fastmtl.aggregate(G, "nash_mtl")).all()
+
+
+def test_nash_mtl_direction_does_not_scale_as_documented():
+    G = random_gradients(3, 100, seed=1, dtype=torch.float64)
+    a = fastmtl.aggregate(G, "nash_mtl", max_norm=0.0)
+    assert_close_rel(fastmtl.aggregate(8.0 * G, "nash_mtl", max_norm=0.0), a, 1e-10)

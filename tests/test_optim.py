@@ -320,3 +320,51 @@ def test_loss_side_methods_in_the_optimizer():
     assert torch.equal(go._loss_method.weighter.weights(losses), twin._loss_method.weighter.weights(losses))
     with pytest.raises(TypeError, match="options"):
         fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "cosreg", shared=net.encoder.parameters(), leak=1)
+
+
+@pytest.mark.parametrize("method", ["sum", "mean", "mgda", "imtl_g", "aligned_mtl", "upgrad", "dualproj", "cagrad",
+                                    "nash_mtl", "gradvac"])
+def test_every_weighting_method_through_the_optimizer(method):
+    # The optimizer's update = SGD with fastmtl.aggregate(G) on the shared parameters, where G
+    # comes from torch.autograd.grad, and plain gradients on the heads.
+    net, reference = model(), model()
+    options = {"shuffle": False} if method == "gradvac" else {}
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), method,
+                               shared=net.encoder.parameters(), **options)
+    x, y = batch(8)
+    opt.zero_grad()
+    opt.backward(net.losses(x, y))
+    opt.step()
+    shared, heads = list(reference.encoder.parameters()), list(reference.heads.parameters())
+    losses = reference.losses(x, y)
+    G = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, shared, retain_graph=True)])
+                     for loss in losses])
+    combined = fastmtl.aggregate(G, method, **options)
+    head_grads = torch.autograd.grad(sum(losses), heads)
+    with torch.no_grad():
+        offset = 0
+        for p in shared:
+            p -= 0.1 * combined[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+        for p, g in zip(heads, head_grads):
+            p -= 0.1 * g
+    for a, b in zip(net.parameters(), reference.parameters()):
+        assert torch.allclose(a, b, atol=1e-10), method
+
+
+def test_bf16_autocast_losses():
+    # Under bf16 autocast the losses are computed in bf16; the per-task gradients land in the
+    # float32 buffer of the float32 parameters and the aggregation runs in float32.
+    torch.manual_seed(0)
+    encoder, heads = torch.nn.Linear(8, 16), torch.nn.ModuleList([torch.nn.Linear(16, 1) for _ in range(3)])
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD([*encoder.parameters(), *heads.parameters()], lr=0.1), "pcgrad",
+                               shared=encoder.parameters())
+    x = torch.randn(32, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = encoder(x)
+        losses = [head(z).float().pow(2).mean() for head in heads]
+    opt.zero_grad()
+    combined = opt.backward(losses)
+    opt.step()
+    assert combined.dtype == torch.float32 and torch.isfinite(combined).all()
+    assert all(p.grad.dtype == torch.float32 for p in encoder.parameters())
