@@ -1,51 +1,110 @@
-"""One training step of a shared MLP with T heads on the CPU: plain summed loss vs the T
-per-task backward passes alone vs fastmtl methods (with and without every=4). Medians.
+"""One training step on the CPU with T task heads on a shared network (an MLP, or a small
+ResNet-style CNN): plain summed loss, the T per-task backward passes alone, fastmtl methods
+(also with every=4), torchjd (mtl_backward + jac_to_grad) and a LibMTL-style PCGrad loop.
+Medians of step times; with --memory, the peak resident memory of each variant, each run in a
+fresh process.
 
-    python benchmarks/training_step.py [-T 2,4,8] [--steps 40]
+    python benchmarks/training_step.py [--model mlp|cnn] [-T 2,4,8] [--steps 40] [--memory]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 
 import fastmtl
 
+VARIANTS = ["plain", "per-task", "pcgrad", "graddrop", "pcgrad every=4", "mgda every=4", "torchjd pcgrad",
+            "torchjd mgda", "libmtl-style pcgrad"]
 
-def make_model(tasks: int, width: int = 512):
+
+class ResidualBlock(torch.nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(x + self.conv2(torch.relu(self.conv1(x))))
+
+
+def make_model(kind: str, tasks: int):
     torch.manual_seed(0)
-    encoder = torch.nn.Sequential(torch.nn.Linear(256, width), torch.nn.ReLU(), torch.nn.Linear(width, width),
-                                  torch.nn.ReLU(), torch.nn.Linear(width, width), torch.nn.ReLU())
+    if kind == "mlp":
+        width = 512
+        encoder = torch.nn.Sequential(torch.nn.Linear(256, width), torch.nn.ReLU(), torch.nn.Linear(width, width),
+                                      torch.nn.ReLU(), torch.nn.Linear(width, width), torch.nn.ReLU())
+        x = torch.randn(256, 256)
+    else:
+        width = 32
+        encoder = torch.nn.Sequential(torch.nn.Conv2d(3, width, 3, padding=1), torch.nn.ReLU(), ResidualBlock(width),
+                                      torch.nn.MaxPool2d(2), ResidualBlock(width), torch.nn.AdaptiveAvgPool2d(1),
+                                      torch.nn.Flatten())
+        x = torch.randn(64, 3, 32, 32)
     heads = torch.nn.ModuleList([torch.nn.Linear(width, 10) for _ in range(tasks)])
-    return encoder, heads
+    y = torch.randint(0, 10, (x.shape[0], tasks))
+    return encoder, heads, x, y
 
 
-def step_ms(tasks: int, variant: str, steps: int) -> float:
-    encoder, heads = make_model(tasks)
+def libmtl_style_step(encoder, heads, losses):
+    """LibMTL's PCGrad: per-task gradients by autograd, a Python loop over pairs (a host-side
+    decision per pair), the summed projected gradient written to the shared .grad."""
+    shared = list(encoder.parameters())
+    rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, shared, retain_graph=True)]) for loss in losses]
+    projected = [row.clone() for row in rows]
+    for i in range(len(rows)):
+        for j in torch.randperm(len(rows)).tolist():
+            if j == i:
+                continue
+            dot = torch.dot(projected[i], rows[j])
+            if dot < 0:
+                projected[i] -= dot * rows[j] / rows[j].norm().pow(2)
+    combined = torch.stack(projected).sum(0)
+    offset = 0
+    for p in shared:
+        p.grad = combined[offset : offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+    heads_params = list(heads.parameters())
+    for p, g in zip(heads_params, torch.autograd.grad(sum(losses), heads_params)):
+        p.grad = g
+
+
+def step_ms(kind: str, tasks: int, variant: str, steps: int) -> float:
+    encoder, heads, x, y = make_model(kind, tasks)
     params = [*encoder.parameters(), *heads.parameters()]
     base = torch.optim.SGD(params, lr=1e-3)
-    x = torch.randn(256, 256)
-    y = torch.randint(0, 10, (256, tasks))
-    if variant != "plain":
-        method, every = {"per-task": ("sum", 1), "pcgrad": ("pcgrad", 1), "pcgrad every=4": ("pcgrad", 4),
-                         "mgda every=4": ("mgda", 4), "graddrop": ("graddrop", 1)}[variant]
+    opt = None
+    if variant in ("per-task", "pcgrad", "graddrop", "pcgrad every=4", "mgda every=4"):
+        method, every = {"per-task": ("sum", 1), "pcgrad": ("pcgrad", 1), "graddrop": ("graddrop", 1),
+                         "pcgrad every=4": ("pcgrad", 4), "mgda every=4": ("mgda", 4)}[variant]
         opt = fastmtl.MTLOptimizer(base, method, shared=encoder.parameters(), every=every)
+    if variant.startswith("torchjd"):
+        from torchjd.aggregation import MGDA, PCGrad
+        from torchjd.autojac import jac_to_grad, mtl_backward
+
+        aggregator = PCGrad() if variant.endswith("pcgrad") else MGDA()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         z = encoder(x)
         losses = [torch.nn.functional.cross_entropy(head(z), y[:, t]) for t, head in enumerate(heads)]
+        base.zero_grad()
         if variant == "plain":
-            base.zero_grad()
             sum(losses).backward()
-            base.step()
-        else:
+        elif opt is not None:
             opt.zero_grad()
             opt.backward(losses)
-            opt.step()
+        elif variant.startswith("torchjd"):
+            mtl_backward(losses, features=z)
+            jac_to_grad(list(encoder.parameters()), aggregator)
+        else:
+            libmtl_style_step(encoder, heads, losses)
+        (opt or base).step()  # MTLOptimizer.step counts steps for every=k
         times.append(time.perf_counter() - start)
     if "every" in variant:  # steps differ within a cycle of 4: average whole cycles after the first
         cycles = (steps - 4) // 4
@@ -53,20 +112,43 @@ def step_ms(tasks: int, variant: str, steps: int) -> float:
     return 1e3 * statistics.median(times[5:])
 
 
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as status:
+        return next(float(line.split()[1]) / 1024 for line in status if line.startswith(field + ":"))
+
+
+def peak_memory_mb(kind: str, tasks: int, variant: str) -> float:
+    """Peak resident memory of the training steps above what the process held before them: a
+    fresh process warms the variant up (imports, allocator), resets the kernel's high-water mark
+    (/proc/self/clear_refs) and runs the variant again."""
+    code = ("import sys; sys.path.insert(0, 'benchmarks'); import training_step as b; "
+            f"b.step_ms({kind!r}, {tasks}, {variant!r}, 12); base = b._status_mb('VmRSS'); "
+            "open('/proc/self/clear_refs', 'w').write('5'); "
+            f"b.step_ms({kind!r}, {tasks}, {variant!r}, 12); print(b._status_mb('VmHWM') - base)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
     parser.add_argument("-T", default="2,4,8")
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--memory", action="store_true", help="also the peak RSS of each variant (fresh processes)")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
-    variants = ["plain", "per-task", "pcgrad", "graddrop", "pcgrad every=4", "mgda every=4"]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, MLP 256-512-512-512, batch 256")
-    print("| T | " + " | ".join(f"{v} ms" for v in variants) + " | pcgrad / per-task | every=4 / plain |")
-    print("|" + "---|" * (len(variants) + 3))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model}; median ms per step"
+          + ("; peak memory of the steps over the process's resident baseline, MB" if args.memory else ""))
+    print("| T | " + " | ".join(VARIANTS) + " | pcgrad / per-task | pcgrad every=4 / plain | torchjd pcgrad / pcgrad |")
+    print("|" + "---|" * (len(VARIANTS) + 4))
     for T in (int(t) for t in args.T.split(",")):
-        ms = {v: step_ms(T, v, args.steps) for v in variants}
-        print(f"| {T} | " + " | ".join(f"{ms[v]:.2f}" for v in variants)
-              + f" | {ms['pcgrad'] / ms['per-task']:.3f} | {ms['pcgrad every=4'] / ms['plain']:.2f} |")
+        ms = {v: step_ms(args.model, T, v, args.steps) for v in VARIANTS}
+        print(f"| {T} | " + " | ".join(f"{ms[v]:.2f}" for v in VARIANTS)
+              + f" | {ms['pcgrad'] / ms['per-task']:.3f} | {ms['pcgrad every=4'] / ms['plain']:.2f}"
+              + f" | {ms['torchjd pcgrad'] / ms['pcgrad']:.2f} |")
+        if args.memory:
+            mb = {v: peak_memory_mb(args.model, T, v) for v in VARIANTS}
+            print(f"| {T} (MB) | " + " | ".join(f"{mb[v]:.0f}" for v in VARIANTS) + " | | | |")
 
 
 if __name__ == "__main__":
