@@ -368,3 +368,15 @@ def test_bf16_autocast_losses():
     opt.step()
     assert combined.dtype == torch.float32 and torch.isfinite(combined).all()
     assert all(p.grad.dtype == torch.float32 for p in encoder.parameters())
+
+
+def test_lr_scheduler_drives_the_wrapped_optimizer():
+    net = model()
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), shared=net.encoder.parameters())
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    opt.zero_grad()
+    opt.backward(net.losses(*batch()))
+    opt.step()
+    scheduler.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert opt.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)

@@ -31,8 +31,12 @@ def diagnostics_of(K: torch.Tensor, weights: torch.Tensor | None) -> dict:
     return {"weights": weights, "cosine": cosine, "conflicts": conflicts}
 
 
-class MTLOptimizer:
+class MTLOptimizer(torch.optim.Optimizer):
     """Multi-task wrapper around ``optimizer``; see the module docstring.
+
+    A ``torch.optim.Optimizer`` (so LR schedulers and GradScaler accept it) that delegates
+    ``param_groups``, ``state`` and ``step`` to the wrapped optimizer; it does not call
+    ``Optimizer.__init__``, which would build a second set of parameter groups.
 
     ``method``: any name of ``fastmtl.methods.available()``; ``options`` go to it (e.g.
     ``shuffle=False``). ``every=k`` recomputes the task weights of a Gram-space method only every
