@@ -295,10 +295,11 @@ def test_loss_side_methods_in_the_optimizer():
                                shared=net.encoder.parameters(), weight=0.5)
     x, y = batch(7)
     opt.zero_grad()
-    assert opt.backward(net.losses(x, y)) is None
+    built = opt.backward(net.losses(x, y))
     opt.step()
     losses = reference.losses(x, y)
     total = sum(losses) + fastmtl.cosreg_penalty(losses, reference.encoder.parameters(), weight=0.5)
+    assert torch.allclose(built, total.detach())  # backward returns the loss it built
     grads = torch.autograd.grad(total, list(reference.parameters()))
     with torch.no_grad():
         for p, g in zip(reference.parameters(), grads):
@@ -380,3 +381,74 @@ def test_lr_scheduler_drives_the_wrapped_optimizer():
     scheduler.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
     assert opt.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+def test_backward_accumulates_like_loss_backward():
+    net = model()
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "pcgrad",
+                               shared=net.encoder.parameters(), shuffle=False)
+    x, y = batch(2)
+    opt.zero_grad()
+    once = opt.backward(net.losses(x, y)).clone()
+    first = [p.grad.clone() for p in net.parameters()]
+    again = opt.backward(net.losses(x, y))
+    assert torch.allclose(again, once)  # the return value is this call's gradient
+    for p, g in zip(net.parameters(), first):
+        assert torch.allclose(p.grad, 2 * g)  # shared and heads alike
+
+
+@pytest.mark.parametrize("method,options", [("nash_mtl", {}), ("pcgrad", {"shuffle": False}), ("mgda", {}),
+                                            ("cosreg", {"weight": 0.5}), ("go4align", {})])
+def test_grad_scaler_gives_the_unscaled_update(method, options):
+    net, reference = model(), model()
+    scaled = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), method,
+                                  shared=net.encoder.parameters(), **options)
+    plain = fastmtl.MTLOptimizer(torch.optim.SGD(reference.parameters(), lr=0.1), method,
+                                 shared=reference.encoder.parameters(), **options)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    x, y = batch(3)
+    scaled.zero_grad()
+    scaled.backward(net.losses(x, y), scaler=scaler)
+    scaler.step(scaled)
+    scaler.update()
+    plain.zero_grad()
+    plain.backward(reference.losses(x, y))
+    plain.step()
+    for a, b in zip(net.parameters(), reference.parameters()):
+        assert torch.allclose(a, b, atol=1e-10), method
+
+
+def test_user_gradvac_state_is_the_saved_one_and_copies_work():
+    net = model()
+    state = fastmtl.methods.new_state("gradvac")
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "gradvac",
+                               shared=net.encoder.parameters(), state=state, shuffle=False)
+    opt.zero_grad()
+    opt.backward(net.losses(*batch()))
+    opt.step()
+    assert torch.equal(opt.state_dict()["fastmtl"]["method_state"]["targets"], state.targets)
+    twin = copy.deepcopy(opt)  # Optimizer's own (de)serialisation would break every instance
+    twin.step()
+    opt.step()
+
+
+def test_configuration_errors():
+    net = model()
+    with pytest.raises(ValueError, match="must be in the wrapped optimizer"):
+        fastmtl.MTLOptimizer(torch.optim.SGD(net.heads.parameters(), lr=0.1), shared=net.encoder.parameters())
+    for bad in ({"every": 2}, {"diagnostics": True}):
+        with pytest.raises(ValueError, match="do not apply"):
+            fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "go4align",
+                                 shared=net.encoder.parameters(), **bad)
+
+
+def test_every_k_falls_back_to_a_full_step_when_the_task_count_changes():
+    net = model()
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "mgda", shared=net.encoder.parameters(),
+                               every=4)
+    opt.zero_grad()
+    opt.backward(net.losses(*batch()))
+    opt.step()
+    opt.zero_grad()
+    opt.backward(net.losses(*batch())[:2])  # two tasks now: new weights, not an error
+    assert opt.state_dict()["fastmtl"]["weights"].shape == (2,)

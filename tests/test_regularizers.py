@@ -125,3 +125,8 @@ def test_kmeans_1d_groups_obvious_clusters():
     assert kmeans_1d(values, 3).tolist() == [0, 1, 0, 1, 0, 2]  # Lloyd from quantiles gets this wrong
     assert kmeans_1d(values, 1).tolist() == [0] * 6
     assert kmeans_1d(values, 6).tolist() == [0, 3, 2, 4, 1, 5]
+
+
+def test_go4align_zero_loss_gives_finite_weights():
+    weights = fastmtl.GO4Align(2).weights([torch.tensor(0.0, requires_grad=True), torch.tensor(1.0, requires_grad=True)])
+    assert torch.isfinite(weights).all()

@@ -51,6 +51,7 @@ class TaskGradients:
         self.size = sum(self.sizes)
         self.buffer: torch.Tensor | None = None  # [T, P], grown on demand
         self.combined: torch.Tensor | None = None  # [P]
+        self._previous: torch.Tensor | None = None  # the shared .grad found before this backward
 
     def _rows(self, tasks: int) -> torch.Tensor:
         first = self.params[0]
@@ -67,6 +68,10 @@ class TaskGradients:
         """Runs one backward pass per loss and returns G [T, P] (a view of the buffer, valid until
         the next call). Gradients of non-shared parameters accumulate into their ``.grad``."""
         losses = check_losses(losses)
+        self._previous = None
+        if any(p.grad is not None for p in self.params):  # accumulate, as loss.backward() would
+            self._previous = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                                        for p in self.params])  # a copy: it may view self.combined
         G = self._rows(len(losses))
         G.zero_()  # a task whose loss ignores a shared parameter contributes zeros there
         for t, loss in enumerate(losses):
@@ -75,8 +80,10 @@ class TaskGradients:
         return G
 
     def write_combined(self, combine) -> torch.Tensor:
-        """``combine(out)`` writes the combined gradient into ``out`` [P]; the shared
-        parameters' ``.grad`` then view it (no copy)."""
+        """``combine(out)`` writes the combined gradient into ``out`` [P], which it returns; the
+        shared parameters' ``.grad`` view it (no copy), or its sum with the gradient they held
+        before ``compute`` (accumulation, a new tensor)."""
         combine(self.combined)
-        self._point_grads_at(self.combined)
+        self._point_grads_at(self.combined if self._previous is None else self.combined + self._previous)
+        self._previous = None
         return self.combined

@@ -29,8 +29,8 @@ def cosreg_penalty(losses, shared, *, weight: float = 1.0, eps: float = 1e-8) ->
         rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]))
     G = torch.stack(rows)
     cosine = reference.cosine_from_gram(G @ G.T, eps)
-    off_diagonal = ~torch.eye(T, dtype=torch.bool, device=G.device)
-    return weight * cosine[off_diagonal].pow(2).mean()
+    off_diagonal = 1 - torch.eye(T, dtype=cosine.dtype, device=G.device)  # a product, not a mask: no sync
+    return weight * (cosine.pow(2) * off_diagonal).sum() / (T * (T - 1))
 
 
 _SPLITS: dict = {}  # (T, groups, device) -> [S, groups - 1] inner cut positions
@@ -60,7 +60,7 @@ def kmeans_1d(values: torch.Tensor, groups: int) -> torch.Tensor:
     members = torch.nn.functional.one_hot(labels, groups).to(values.dtype)  # [S, T, groups]
     means = (members * ordered[None, :, None]).sum(1) / members.sum(1)  # runs are non-empty
     cost = ((ordered[None, :] - means.gather(1, labels)) ** 2).sum(1)
-    best = labels[cost.argmin()]
+    best = labels.index_select(0, cost.argmin().reshape(1))[0]  # not labels[argmin]: no sync
     return torch.empty_like(best).scatter_(0, order, best)
 
 
@@ -89,7 +89,8 @@ class GO4Align:
             raise ValueError(f"expected {self.n_tasks} losses, got {values.shape[0]}")
         if self.zeta is None:
             self.zeta = torch.full((self.n_tasks,), 1.0 / self.n_tasks, dtype=torch.float64, device=values.device)
-        xi = values.sum() / values
+        self.zeta = self.zeta.to(values.device)  # e.g. a CPU checkpoint resumed on a GPU
+        xi = values.sum() / values.clamp_min(torch.finfo(values.dtype).tiny)  # a zero loss: huge, not inf
         zeta = self.zeta * torch.exp(-self.beta * values)
         self.zeta = zeta / zeta.sum()
         gamma = xi * self.zeta
@@ -141,7 +142,7 @@ class GO4AlignLoss:
     def __call__(self, losses, shared) -> torch.Tensor:
         losses = check_losses(losses)
         if self.weighter is None:
-            self.weighter = GO4Align(len(losses), n_groups=min(self.n_groups, len(losses)), beta=self.beta)
+            self.weighter = GO4Align(len(losses), n_groups=self.n_groups, beta=self.beta)
         return self.weighter.loss(losses)
 
     def state_dict(self) -> dict:

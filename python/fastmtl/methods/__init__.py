@@ -12,14 +12,14 @@ convention. A module per method family registers its methods here:
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 Method = Callable[..., torch.Tensor]
 _METHODS: dict[str, Method] = {}
-_WEIGHTINGS: dict[str, Method] = {}
-_STATES: dict[str, type] = {}  # stateful weightings: the class of their state (EMAs and the like)
+_WEIGHTINGS: dict[str, "Weighting"] = {}
 
 
 def register(name: str):
@@ -30,7 +30,30 @@ def register(name: str):
     return decorate
 
 
-def register_weighting(name: str, state: type | None = None):
+@dataclass(frozen=True)
+class Weighting:
+    """A registered Gram-space method: ``weights(K, **options) -> w`` plus what its callers need
+    to know about it."""
+
+    weights: Method
+    state: type | None  # class of its state (EMAs...) when stateful
+    needs_gram: bool  # False when w depends on T alone (sum, mean): no Gram pass needed
+    scale_linear: bool  # False when w . G does not scale with a common scale of G (Nash-MTL)
+    takes_impl: bool
+
+    def __call__(self, K: torch.Tensor, *, impl: str = "auto", **options) -> torch.Tensor:
+        return self.weights(K, impl=impl, **options) if self.takes_impl else self.weights(K, **options)
+
+    def gram(self, G: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+        """K for these weights; a placeholder of the right shape when the weights ignore it."""
+        from fastmtl import functional, reference
+
+        if self.needs_gram:
+            return functional.gram(G, impl=impl)
+        return torch.empty((G.shape[0], G.shape[0]), dtype=reference.accumulate_dtype(G.dtype), device=G.device)
+
+
+def register_weighting(name: str, state: type | None = None, needs_gram: bool = True, scale_linear: bool = True):
     """Registers ``weights(K, **options)`` and the method G -> weights(gram(G)) . G. A stateful
     weighting names its state class; it takes ``state=`` (None: a fresh state per call) and
     MTLOptimizer keeps one across steps and in its state_dict."""
@@ -40,11 +63,10 @@ def register_weighting(name: str, state: type | None = None):
 
         params = list(inspect.signature(weights).parameters.values())[1:]
         takes_impl = any(p.name == "impl" for p in params)
+        info = Weighting(weights, state, needs_gram, scale_linear, takes_impl)
 
         def aggregate(G, *, impl="auto", **options):
-            K = functional.gram(G, impl=impl)
-            w = weights(K, impl=impl, **options) if takes_impl else weights(K, **options)
-            return functional.combine(G, w, impl=impl)
+            return functional.combine(G, info(info.gram(G, impl), impl=impl, **options), impl=impl)
 
         # The method's signature is the weighting's (K replaced by G), plus impl.
         impl = [] if takes_impl else [inspect.Parameter("impl", inspect.Parameter.KEYWORD_ONLY, default="auto")]
@@ -53,10 +75,8 @@ def register_weighting(name: str, state: type | None = None):
         )
         aggregate.__doc__ = weights.__doc__
         aggregate.__name__ = f"aggregate_{name}"
-        _WEIGHTINGS[name] = weights
+        _WEIGHTINGS[name] = info
         _METHODS[name] = aggregate
-        if state is not None:
-            _STATES[name] = state
         return weights
 
     return decorate
@@ -68,16 +88,16 @@ def get(name: str) -> Method:
     return _METHODS[name]
 
 
-def weighting(name: str) -> Method | None:
-    """The Gram-space weighting of ``name`` (K -> w), or None if the method is not one."""
+def weighting(name: str) -> Weighting | None:
+    """The Gram-space weighting of ``name`` (callable as K -> w), or None if it is not one."""
     get(name)
     return _WEIGHTINGS.get(name)
 
 
 def new_state(name: str):
     """A fresh state object for a stateful method, or None."""
-    get(name)
-    return _STATES[name]() if name in _STATES else None
+    info = weighting(name)
+    return info.state() if info is not None and info.state is not None else None
 
 
 def available() -> list[str]:

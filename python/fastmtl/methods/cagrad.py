@@ -50,9 +50,13 @@ def cagrad_weights(K: torch.Tensor, *, c: float = 0.5, rescale: int = 0, norm_ep
         Kw = K @ w
         return b + sqrt_phi * Kw / (w @ Kw + smoothing).sqrt()
 
-    # Step from the curvature of the linear-plus-quadratic part (K's largest eigenvalue, which is
-    # at most 1 after the normalisation); the norm term is handled by the projection's stability.
-    step = 1.0 / (4 * torch.linalg.eigvalsh(K).max().clamp_min(1e-12))
+    # Step from the curvature of the quadratic part: K's largest eigenvalue by power iteration
+    # (fixed count, no host sync; at most 1 after the normalisation).
+    vector = torch.ones(T, dtype=K.dtype, device=K.device)
+    for _ in range(30):
+        vector = K @ vector
+        vector = vector / vector.norm().clamp_min(1e-300)
+    step = 1.0 / (4 * (vector @ K @ vector).clamp_min(1e-12))
     w = mean.clone()
     y, t = w.clone(), 1.0
     on_host = K.device.type == "cpu"

@@ -48,7 +48,7 @@ def _polish(A: torch.Tensor, q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     eye = torch.eye(A.shape[0], dtype=A.dtype, device=A.device).expand_as(both)
     system = torch.where(both, A.expand_as(both), eye)
     rhs = torch.where(free, -q, torch.zeros_like(q))
-    return torch.linalg.solve(system, rhs).clamp_min(0)
+    return torch.linalg.solve_ex(system, rhs, check_errors=False).result.clamp_min(0)  # no info sync
 
 
 @register_weighting("upgrad")

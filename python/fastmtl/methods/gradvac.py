@@ -38,7 +38,9 @@ def gradvac_weights(K: torch.Tensor, *, beta: float = 0.5, eps: float = 1e-8, sh
     K = K.double()
     T = K.shape[0]
     state = GradVacState() if state is None else state
-    if state.targets is None or state.targets.shape != (T, T) or state.targets.device != K.device:
+    if state.targets is not None:
+        state.targets = state.targets.to(device=K.device, dtype=K.dtype)  # e.g. resumed on a GPU
+    if state.targets is None or state.targets.shape != (T, T):  # first step, or T changed: start over
         state.targets = torch.zeros(T, T, dtype=K.dtype, device=K.device)
     targets = state.targets.clone()
     generator = _validate.generator_for(generator, K.device)

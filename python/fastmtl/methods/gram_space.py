@@ -9,6 +9,9 @@ device with a fixed iteration budget (no host round-trip).
 * IMTL-G (Liu et al. 2021, "Towards Impartial Multi-task Learning"; the pseudo-inverse form of
   Quinton & Rey 2024 / torchjd for dependent gradients): the combination whose projections on
   every unit task gradient are equal. Scale: weights sum to 1.
+
+IMTL-G's pinv and Aligned-MTL's eigh have no error-free ("_ex") form in torch: on a GPU their
+LAPACK-style info check synchronises with the host once per weight update.
 """
 
 import torch
@@ -34,9 +37,9 @@ def mgda_weights(K: torch.Tensor, *, max_iters: int = 100, epsilon: float = 1e-3
         K_alpha = K @ alpha
         t = K_alpha.argmin()
         vertex = torch.nn.functional.one_hot(t, T).to(K.dtype)
-        a = K_alpha[t]  # alpha^T K e_t
+        a = vertex @ K_alpha  # alpha^T K e_t (products, not K_alpha[t]: a 0-d index syncs on CUDA)
         b = alpha @ K_alpha  # alpha^T K alpha
-        c = K[t, t]  # e_t^T K e_t
+        c = K.diagonal() @ vertex  # e_t^T K e_t
         # Exact line search on the segment [alpha, e_t], clipped to [0, 1].
         interior = (b - a) / torch.where(b + c - 2 * a > 0, b + c - 2 * a, torch.ones_like(a))
         gamma = torch.where(c <= a, torch.ones_like(a), torch.where(b <= a, torch.zeros_like(a), interior))

@@ -16,7 +16,7 @@ import torch
 from fastmtl.methods import register_weighting
 
 
-@register_weighting("nash_mtl")
+@register_weighting("nash_mtl", scale_linear=False)
 def nash_mtl_weights(K: torch.Tensor, *, max_norm: float = 1.0, iterations: int = 30) -> torch.Tensor:
     if not max_norm >= 0:
         raise ValueError(f"max_norm must be >= 0, got {max_norm!r}")
@@ -31,7 +31,7 @@ def nash_mtl_weights(K: torch.Tensor, *, max_norm: float = 1.0, iterations: int 
     for _ in range(iterations):
         gradient = K @ alpha - 1 / alpha
         hessian = K + torch.diag(1 / alpha**2)
-        step = -torch.linalg.solve(hessian, gradient)
+        step = -torch.linalg.solve_ex(hessian, gradient, check_errors=False).result  # no info sync
         decrement = (-(gradient @ step)).clamp_min(0).sqrt()
         alpha = alpha + step / (1 + decrement)  # stays positive: self-concordant damping
     if max_norm > 0:
