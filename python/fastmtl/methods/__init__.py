@@ -59,13 +59,14 @@ def register_weighting(name: str, state: type | None = None, needs_gram: bool = 
     MTLOptimizer keeps one across steps and in its state_dict."""
 
     def decorate(weights: Method) -> Method:
-        from fastmtl import functional
+        from fastmtl import _validate, functional
 
         params = list(inspect.signature(weights).parameters.values())[1:]
         takes_impl = any(p.name == "impl" for p in params)
         info = Weighting(weights, state, needs_gram, scale_linear, takes_impl)
 
         def aggregate(G, *, impl="auto", **options):
+            G = _validate.task_matrix(G)
             return functional.combine(G, info(info.gram(G, impl), impl=impl, **options), impl=impl)
 
         # The method's signature is the weighting's (K replaced by G), plus impl.
