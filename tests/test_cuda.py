@@ -182,6 +182,33 @@ def test_no_host_synchronisation():
         torch.cuda.set_sync_debug_mode("default")
 
 
+@pytest.mark.parametrize("method", [m for m in fastmtl.methods.available() if m not in ("imtl_g", "aligned_mtl")])
+def test_every_method_and_the_optimizer_without_host_sync(method):
+    # imtl_g (pinv) and aligned_mtl (eigh) are documented to sync once per weight update.
+    G = cuda(random_gradients(4, 10_000, seed=3))
+    options = {"max_iters": 50} if method == "mgda" else {}
+    fastmtl.aggregate(G, method, **options)  # warm up
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fastmtl.aggregate(G, method, **options)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    net = torch.nn.Linear(8, 4).cuda()
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), method if method != "graddrop" else "pcgrad",
+                               shared=net.parameters())
+    x = torch.randn(16, 8, device="cuda")
+    for step in range(3):
+        if step == 2:
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = net(x)
+            opt.zero_grad()
+            opt.backward([out[:, t].pow(2).mean() for t in range(4)])
+            opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
 def test_cuda_graph_capture_and_replay():
     G = cuda(random_gradients(8, 100_000, seed=6))
     static_out = torch.empty(100_000, device="cuda")

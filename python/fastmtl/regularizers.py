@@ -4,6 +4,7 @@ task losses; neither needs the per-task gradient buffer of the surgery methods."
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 
@@ -41,6 +42,9 @@ def _inner_cuts(T: int, groups: int, device) -> torch.Tensor:
     built once per (T, groups, device) so later calls copy nothing to the device."""
     key = (T, groups, str(device))
     if key not in _SPLITS:
+        if math.comb(T - 1, groups - 1) > 200_000:
+            raise ValueError(f"1-D k-means scores every split: {T} tasks into {groups} groups is "
+                             f"{math.comb(T - 1, groups - 1)} splits, more than this implementation handles")
         cuts = list(itertools.combinations(range(1, T), groups - 1)) or [()]
         _SPLITS[key] = torch.tensor(cuts, dtype=torch.int64, device=device).reshape(len(cuts), groups - 1)
     return _SPLITS[key]
