@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 def aggregate(G, method: str = "pcgrad", **options):
     """Combine task gradients G [T, P] into one direction [P] with the named method.
 
-    Methods: see ``fastmtl.methods.available()`` (sum, mean, pcgrad, graddrop, mgda, imtl_g); options
+    Methods: see ``fastmtl.methods.available()`` (the README's table describes each); options
     go to the method (e.g. ``shuffle=False`` for pcgrad, ``leak=0.2`` for graddrop, ``impl=``).
     """
     return methods.get(method)(G, **options)

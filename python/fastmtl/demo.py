@@ -116,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:>10} | {acc[0]:>10.4f} | {acc[1]:>10.4f} | {min(acc):>10.4f} | {history['ms_per_step']:>8.3f} | "
               f"{conflicts:.2f}")
     overhead = histories[args.method]["ms_per_step"] / histories["per-task"]["ms_per_step"] - 1
-    print(f"\nsurgery overhead of {args.method} (with diagnostics): {overhead:+.1%} over the {len(data.y_train[0])} "
+    recorded = " (with diagnostics)" if histories[args.method]["cosine"] else ""
+    print(f"\nsurgery overhead of {args.method}{recorded}: {overhead:+.1%} over the {len(data.y_train[0])} "
           f"per-task backward passes alone; {histories[args.method]['ms_per_step'] / histories['plain']['ms_per_step']:.2f}x "
           f"a plain summed-loss step (medians)")
     path = plot_history({k: v for k, v in histories.items() if k != "per-task"}, Path(args.out) / "multidigits.png")

@@ -120,14 +120,20 @@ def project_conflicts(
     Any NaN/Inf in G makes the whole result NaN (the projections are undefined).
     """
     G = _validate.task_matrix(G)
-    _validate.choice(reduction, ("sum", "mean"), "reduction")
-    generator = _validate.generator_for(generator, G.device)
-    K = gram(G, impl=impl)
-    order = pcgrad_order(G.shape[0], shuffle=shuffle, generator=generator, device=G.device)
-    weights = pcgrad_weights(K, order, impl=impl)
-    if reduction == "mean":
-        weights = weights / G.shape[0]
+    weights = pcgrad_task_weights(gram(G, impl=impl), reduction=reduction, shuffle=shuffle, generator=generator,
+                                  impl=impl)
     return combine(G, weights, out=out, impl=impl)
+
+
+def pcgrad_task_weights(K: torch.Tensor, *, reduction: str = "sum", shuffle: bool = True,
+                        generator: torch.Generator | None = None, impl: str = "auto") -> torch.Tensor:
+    """PCGrad's weights w from the Gram matrix K, with project_conflicts' options: the order
+    drawn from ``generator`` (or index order), divided by T for ``reduction="mean"``."""
+    _validate.choice(reduction, ("sum", "mean"), "reduction")
+    generator = _validate.generator_for(generator, K.device)
+    order = pcgrad_order(K.shape[0], shuffle=shuffle, generator=generator, device=K.device)
+    weights = pcgrad_weights(K, order, impl=impl)
+    return weights / K.shape[0] if reduction == "mean" else weights
 
 
 def graddrop(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 def plot_history(histories: dict, path: Path) -> Path | None:
     """histories: {run name: {"step": [...], "accuracy": [[task accuracies] per eval],
-    "eval_step": [...], "cosine": [...], "conflicts": [...]}} -> one PNG with accuracy per task
-    and, where recorded, the task-gradient cosine and the fraction of conflicting pairs."""
+    "eval_step": [...], "cosine": [...]}} -> one PNG with accuracy per task and, where
+    recorded, the cosine of the two task gradients over training."""
     try:
         import matplotlib
 

@@ -23,8 +23,6 @@ def nash_mtl_weights(K: torch.Tensor, *, max_norm: float = 1.0, iterations: int 
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations must be an int >= 1, got {iterations!r}")
     K = K.double()
-    T = K.shape[0]
-    eye = torch.eye(T, dtype=K.dtype, device=K.device)
     # Start from the solution for orthogonal gradients, α_i = 1 / |g_i| (1 for a zero gradient).
     norms = K.diagonal().clamp_min(0).sqrt()
     alpha = torch.where(norms > 0, 1 / torch.where(norms > 0, norms, 1.0), torch.ones_like(norms))
