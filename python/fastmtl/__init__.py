@@ -16,7 +16,7 @@ from fastmtl.functional import cluster_tasks, cosine_similarity, gram, graddrop,
 from fastmtl.optim import MTLOptimizer, backward
 from fastmtl.regularizers import GO4Align, cosreg_penalty
 
-__version__ = "0.1.0"
+from fastmtl._version import __version__  # noqa: E402
 
 
 def aggregate(G, method: str = "pcgrad", **options):

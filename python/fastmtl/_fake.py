@@ -4,7 +4,7 @@ FakeTensor can trace them without running them. Imported by _ext only when the e
 
 import torch
 
-from fastmtl.reference import accumulate_dtype
+from fastmtl._numerics import accumulate_dtype
 
 
 @torch.library.register_fake("fastmtl::gram")

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from fastmtl.reference import accumulate_dtype
+from fastmtl._numerics import accumulate_dtype
 
 IMPLS = ("auto", "cpp", "cuda", "torch")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

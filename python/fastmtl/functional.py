@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from fastmtl import _validate, reference
+from fastmtl import _numerics, _validate, reference
 from fastmtl._ext import HAS_CUDA, HAS_EXT, IMPORT_ERROR
 
 
@@ -57,7 +57,7 @@ def cosine_similarity(G: torch.Tensor, *, eps: float = 1e-8, impl: str = "auto")
     A task with zero gradient has cosine 0 with every task (itself included), never NaN.
     """
     eps = _validate.positive(eps, "eps")
-    return reference.cosine_from_gram(gram(G, impl=impl), eps)
+    return _numerics.cosine_from_gram(gram(G, impl=impl), eps)
 
 
 def pcgrad_order(tasks: int, *, shuffle: bool, generator: torch.Generator | None, device) -> torch.Tensor | None:

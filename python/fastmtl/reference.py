@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from fastmtl._numerics import accumulate_dtype
+
 _MASK32 = 0xFFFFFFFF
-
-
-def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 accumulation for half/bfloat16/float32 input, float64 for float64."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def gram(G: torch.Tensor) -> torch.Tensor:
@@ -25,15 +22,8 @@ def gram(G: torch.Tensor) -> torch.Tensor:
     return torch.triu(K) + torch.triu(K, 1).T  # exactly symmetric: the kernels mirror the upper triangle
 
 
-def cosine_from_gram(K: torch.Tensor, eps: float) -> torch.Tensor:
-    """cos_ij = K_ij / (max(|g_i|, eps) max(|g_j|, eps)), torch.nn.functional.cosine_similarity's
-    convention: zero-norm tasks get cosine 0, never NaN; tiny but non-zero norms are exact."""
-    norms = K.diagonal().clamp_min(0).sqrt().clamp_min(eps)
-    return K / torch.outer(norms, norms)
-
-
 def pcgrad_weights(K: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
-    """Gram-space PCGrad (DESIGN.md §1) in float64, like the kernels. All T projected gradients
+    """Gram-space PCGrad (docs/design.md, "Gram-space PCGrad") in float64, like the kernels. All T projected gradients
     advance together: at step s, task i meets task order[i, s]. No host sync, any device."""
     T = K.shape[0]
     Kd = K.double()
