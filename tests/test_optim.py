@@ -93,7 +93,7 @@ def test_every_k_reuses_weights():
         opt.zero_grad()
         opt.backward(net.losses(*batch(step)))
         opt.step()
-        seen.append(opt.state_dict()["fastmtl"]["weights"].clone())
+        seen.append(opt.groups[0].weights.clone())
     assert torch.equal(seen[0], seen[1]) and torch.equal(seen[1], seen[2])
     assert not torch.equal(seen[2], seen[3]) and torch.equal(seen[3], seen[4])
 
@@ -274,7 +274,7 @@ def test_every_k_steps_between_updates_use_one_weighted_backward():
     opt.zero_grad()
     opt.backward(net.losses(*batch(0)))
     opt.step()
-    weights = opt.state_dict()["fastmtl"]["weights"]
+    weights = opt.groups[0].weights
     x, y = batch(1)
     shared, heads = list(net.encoder.parameters()), list(net.heads.parameters())
     losses = net.losses(x, y)
@@ -318,7 +318,7 @@ def test_loss_side_methods_in_the_optimizer():
                                 shared=net.encoder.parameters(), n_groups=2)
     twin.load_state_dict(copy.deepcopy(saved))
     losses = net.losses(*batch(9))
-    assert torch.equal(go._loss_method.weighter.weights(losses), twin._loss_method.weighter.weights(losses))
+    assert torch.equal(go.method.weighter.weights(losses), twin.method.weighter.weights(losses))
     with pytest.raises(TypeError, match="options"):
         fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "cosreg", shared=net.encoder.parameters(), leak=1)
 
@@ -418,18 +418,27 @@ def test_grad_scaler_gives_the_unscaled_update(method, options):
         assert torch.allclose(a, b, atol=1e-10), method
 
 
-def test_user_gradvac_state_is_the_saved_one_and_copies_work():
+def test_gradvac_object_keeps_its_state_across_steps_as_torchjd(monkeypatch):
+    torchjd = pytest.importorskip("torchjd.aggregation")
+    monkeypatch.setattr(torch, "randperm", lambda n, *args, **kwargs: torch.arange(n))  # torchjd's order: index order
     net = model()
-    state = fastmtl.methods.new_state("gradvac")
-    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "gradvac",
-                               shared=net.encoder.parameters(), state=state, shuffle=False)
-    opt.zero_grad()
-    opt.backward(net.losses(*batch()))
-    opt.step()
-    assert torch.equal(opt.state_dict()["fastmtl"]["method_state"]["targets"], state.targets)
-    twin = copy.deepcopy(opt)  # Optimizer's own (de)serialisation would break every instance
-    twin.step()
-    opt.step()
+    gradvac = fastmtl.methods.create("gradvac", beta=0.3, shuffle=False)
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), gradvac, shared=net.encoder.parameters())
+    peer = torchjd.GradVac(beta=0.3)
+    shared = list(net.encoder.parameters())
+    for step in range(3):
+        x, y = batch(step)
+        G = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, shared, retain_graph=True)])
+                         for loss in net.losses(x, y)])
+        expected = peer(G)
+        opt.zero_grad()
+        got = opt.backward(net.losses(x, y))
+        opt.step()
+        assert torch.allclose(got, expected, atol=1e-12), step
+    assert opt.groups[0].method is gradvac and gradvac.targets.abs().sum() > 0
+    twin_net, twin = copy.deepcopy((net, opt))  # Optimizer's own (de)serialisation would break this
+    x, y = batch(5)
+    assert torch.equal(opt.backward(net.losses(x, y)), twin.backward(twin_net.losses(x, y)))
 
 
 def test_configuration_errors():
@@ -451,4 +460,4 @@ def test_every_k_falls_back_to_a_full_step_when_the_task_count_changes():
     opt.step()
     opt.zero_grad()
     opt.backward(net.losses(*batch())[:2])  # two tasks now: new weights, not an error
-    assert opt.state_dict()["fastmtl"]["weights"].shape == (2,)
+    assert opt.groups[0].weights.shape == (2,)

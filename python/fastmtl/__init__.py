@@ -13,19 +13,18 @@ the C++/CUDA kernels are in use; otherwise the pure-PyTorch reference runs.
 from fastmtl import methods
 from fastmtl._ext import HAS_CUDA, HAS_EXT, IMPORT_ERROR, build_info
 from fastmtl.functional import cluster_tasks, cosine_similarity, gram, graddrop, project_conflicts
+from fastmtl.losses import GO4Align, cosreg_penalty
 from fastmtl.optim import MTLOptimizer, backward
-from fastmtl.regularizers import GO4Align, cosreg_penalty
-
-from fastmtl._version import __version__  # noqa: E402
+from fastmtl._version import __version__
 
 
-def aggregate(G, method: str = "pcgrad", **options):
-    """Combine task gradients G [T, P] into one direction [P] with the named method.
-
-    Methods: see ``fastmtl.methods.available()`` (the README's table describes each); options
-    go to the method (e.g. ``shuffle=False`` for pcgrad, ``leak=0.2`` for graddrop, ``impl=``).
+def aggregate(G, method="pcgrad", **options):
+    """Combine task gradients G [T, P] into one direction [P] with a method: a name of
+    ``fastmtl.methods.available()`` (the README's table describes each) with its options (e.g.
+    ``shuffle=False`` for pcgrad, ``leak=0.2`` for graddrop, ``impl=``), or a method object
+    from ``fastmtl.methods.create`` (which keeps its state, e.g. GradVac's, across calls).
     """
-    return methods.get(method)(G, **options)
+    return methods.create(method, **options)(G)
 
 
 __all__ = [

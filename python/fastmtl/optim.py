@@ -8,94 +8,154 @@
 
 Shared parameters get the aggregated gradient in their ``.grad``; every other parameter (task
 heads) gets the plain gradient of the losses that use it. Like ``loss.backward()``, ``backward``
-adds to gradients already there (call ``zero_grad`` between steps). Gradient clipping and LR
-schedulers work between ``backward`` and ``step`` as with a plain optimizer. With
-``torch.amp.GradScaler``, pass it: ``opt.backward(losses, scaler=scaler)`` (unscaled losses),
-then ``scaler.step(opt)``; every method then sees gradients it can unscale exactly.
+adds to gradients already there (call ``zero_grad`` between steps); if it fails, every ``.grad``
+is left as it was before the call. Gradient clipping and LR schedulers work between ``backward``
+and ``step`` as with a plain optimizer. With ``torch.amp.GradScaler``, pass it:
+``opt.backward(losses, scaler=scaler)`` (unscaled losses), then ``scaler.step(opt)``.
+
+``shared`` is either the shared parameters (one group shared by every task) or a list of
+groups ``{"params": ..., "tasks": [0, 2], "method": ..., **method options}``: each group's
+per-task gradient matrix holds only the rows of its tasks and is combined by its own method.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections import OrderedDict
-
 import torch
 
-from fastmtl import functional, methods, reference
-from fastmtl.engine import TaskGradients, check_losses, shared_parameter_list
-from fastmtl.regularizers import LOSS_METHODS
+from fastmtl import functional, methods
+from fastmtl._numerics import cosine_from_gram
+from fastmtl.engine import (
+    FeatureGradients,
+    ParameterGradients,
+    SharedGroup,
+    TaskMatrix,
+    all_or_nothing,
+    check_losses,
+    flat_grads,
+    shared_parameter_list,
+    task_list,
+)
 
 
 def diagnostics_of(K: torch.Tensor, weights: torch.Tensor | None) -> dict:
     """Task weights (Gram-space methods), cosine matrix and number of conflicting task pairs
     (negative cosine), as device tensors: reading them is the caller's choice of sync point."""
-    cosine = reference.cosine_from_gram(K, 1e-8)
+    cosine = cosine_from_gram(K, 1e-8)
     conflicts = (torch.triu(cosine, diagonal=1) < 0).sum()
     return {"weights": weights, "cosine": cosine, "conflicts": conflicts}
+
+
+def _delegated(name: str) -> property:
+    return property(lambda self: getattr(self.optimizer, name), doc=f"The wrapped optimizer's {name}.")
 
 
 class MTLOptimizer(torch.optim.Optimizer):
     """Multi-task wrapper around ``optimizer``; see the module docstring.
 
-    ``method``: any name of ``fastmtl.methods.available()``, or a loss-side method ("cosreg",
-    "go4align") that builds one loss to back-propagate; ``options`` go to the method.
+    ``method``: a name of ``fastmtl.methods.available()`` or a method object; ``options`` go to
+    the method. A loss-side method ("cosreg", "go4align") builds one loss to back-propagate.
     ``every=k`` recomputes the task weights of a Gram-space method only every k steps; in
-    between, with w fixed, w . G is the gradient of Σ w_t L_t, so those steps run one backward
-    pass instead of T (the heads still get their plain gradients).
+    between, with w fixed, w · G is the gradient of Σ w_t L_t, so those steps run one backward
+    pass per group instead of T (the heads still get their plain gradients).
     ``diagnostics=True`` keeps ``last_diagnostics`` after each full backward: task weights,
-    cosine matrix, number of conflicting pairs.
+    cosine matrix, number of conflicting pairs (a list, one per group, with several groups).
 
     It is a ``torch.optim.Optimizer`` (so LR schedulers and GradScaler accept it) that delegates
-    ``param_groups``, ``state`` and ``step`` to the wrapped optimizer; it does not call
-    ``Optimizer.__init__``, which would build a second set of parameter groups.
+    ``param_groups``, ``state``, ``defaults``, ``step`` and its hooks to the wrapped optimizer; it
+    does not call ``Optimizer.__init__``, which would build a second set of parameter groups.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, method: str = "pcgrad", shared=None, *, every: int = 1,
+    def __init__(self, optimizer: torch.optim.Optimizer, method="pcgrad", shared=None, *, every: int = 1,
                  diagnostics: bool = False, **options):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if shared is None:
-            raise ValueError("shared: give the parameters shared by the tasks (e.g. model.encoder.parameters())")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError("shared: give the parameters shared by the tasks (e.g. model.encoder.parameters()), "
+                             "or a list of {'params': ..., 'tasks': [...]} groups")
+        if isinstance(every, bool) or not hasattr(every, "__index__") or int(every) < 1:
             raise ValueError(f"every must be an int >= 1, got {every!r}")
-        params = shared_parameter_list(shared)
-        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        if any(id(p) not in held for p in params):
+        if not isinstance(diagnostics, bool):
+            raise TypeError(f"diagnostics must be True or False, got {diagnostics!r}")
+        self.optimizer, self.every, self.diagnostics = optimizer, int(every), diagnostics
+        self.method = methods.create(method, **options)  # the default method of every group
+        self.groups: list[SharedGroup] = []
+        for spec in _group_specs(shared):
+            self._add_group(spec, new_params_allowed=False)
+        self._step = 0
+        self.last_diagnostics: dict | list | None = None
+        self._features: tuple[torch.Tensor, torch.Tensor] | None = None  # (z, its detached leaf), set by features()
+
+    # ----- groups of shared parameters -------------------------------------------------------
+    def add_shared_group(self, params, tasks=None, method=None, *, param_group: dict | None = None,
+                         **options) -> SharedGroup:
+        """Adds a group of shared parameters during training (e.g. a new branch). Parameters the
+        wrapped optimizer does not hold yet join it as a new param group (``param_group``: its
+        options, e.g. ``{"lr": 1e-3}``); parameters it holds keep their optimizer state, and
+        leave the shared group they were in. ``method`` (default: a fresh copy of the
+        optimizer's method) combines the gradients of ``tasks`` (None: every task)."""
+        spec = {"params": params, "tasks": tasks, **options}
+        if method is not None:
+            spec["method"] = method
+        return self._add_group(spec, new_params_allowed=True, param_group=param_group)
+
+    def _add_group(self, spec: dict, *, new_params_allowed: bool, param_group: dict | None = None) -> SharedGroup:
+        spec = dict(spec)
+        what = f"shared group {len(self.groups)}"
+        params = shared_parameter_list(spec.pop("params"), what)
+        tasks = task_list(spec.pop("tasks", None), what)
+        method = spec.pop("method", None)
+        if method is None and not spec:  # the optimizer's method: itself for the first group, a fresh copy after
+            in_use = any(group.method is self.method for group in self.groups)
+            group_method = self.method.fresh() if in_use else self.method
+        else:
+            group_method = methods.create(self.method.name if method is None else method, **spec)
+        if self.groups and params[0].device != self.groups[0].params[0].device:
+            raise ValueError(f"{what} is on {params[0].device}, the other shared parameters on "
+                             f"{self.groups[0].params[0].device}")
+        self._check_method(group_method, tasks, what)
+        held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        new = [p for p in params if id(p) not in held]
+        if new and not new_params_allowed:
             raise ValueError("every shared parameter must be in the wrapped optimizer (else it is never updated)")
-        self.optimizer, self.method, self.every, self.diagnostics = optimizer, method, every, diagnostics
-        self.options = options
-        self._gradients = TaskGradients(params)
-        self._step, self._weights, self._weights_mode = 0, None, None
-        self.last_diagnostics: dict | None = None
-        self._representation = self._feature_leaf = None  # feature mode, set by features()
-        # Optimizer's hook registries (Optimizer.__init__ is not called): hooks and copies work.
-        for name in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
-                     "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
-                     "_optimizer_load_state_dict_post_hooks"):
-            setattr(self, name, OrderedDict())
-        self._loss_method = None
-        self._weighting = None
-        self._method_state = None
-        if method in LOSS_METHODS:  # CosReg, GO4Align: one loss, one backward
-            if every != 1 or diagnostics:
-                raise ValueError(f"method {method!r} works on the losses: every and diagnostics do not apply")
-            try:
-                self._loss_method = LOSS_METHODS[method](**options)
-            except TypeError as error:
-                raise TypeError(f"method {method!r} does not take these options: {error}") from None
-            return
-        aggregate = methods.get(method)
-        try:
-            inspect.signature(aggregate).bind(None, **options)
-        except TypeError as error:
-            raise TypeError(f"method {method!r} does not take these options: {error}") from None
-        self._aggregate = aggregate
-        self._weighting = methods.weighting(method)
-        if every > 1 and self._weighting is None:
-            raise ValueError(f"every={every} needs a Gram-space weighting method, and {method!r} is not one")
-        if self._weighting is not None and self._weighting.state is not None:
-            # The state the method updates, the user's if given: the one state_dict saves.
-            self._method_state = options.setdefault("state", self._weighting.state())
+        moving = {id(p) for p in params}
+        for group in self.groups:  # a parameter belongs to one group: it leaves its old one
+            group.params = [p for p in group.params if id(p) not in moving]
+        self.groups = [group for group in self.groups if group.params]
+        if new:
+            self.optimizer.add_param_group({**(param_group or {}), "params": new})
+        group = SharedGroup(params, tasks, group_method)
+        self.groups.append(group)
+        return group
+
+    def _check_method(self, method: methods.Method, tasks, what: str) -> None:
+        if method.family == "loss" or self.method.family == "loss":
+            if method.family != "loss" or tasks is not None or self.groups:
+                raise ValueError(f"{what}: a loss-side method ({self.method.name}) builds one loss for all tasks "
+                                 "and takes one group of shared parameters")
+            if self.every != 1 or self.diagnostics:
+                raise ValueError(f"method {method.name!r} works on the losses: every and diagnostics do not apply")
+        if self.every > 1 and method.family != "gram":
+            raise ValueError(f"every={self.every} needs a Gram-space weighting method, and {method.name!r} is not one")
+
+    def _shared_params(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.groups for p in group.trainable()]
+
+    def _heads(self) -> list[torch.nn.Parameter]:
+        """The wrapped optimizer's trainable parameters that no shared group holds."""
+        shared = {id(p) for group in self.groups for p in group.params}
+        return [p for group in self.optimizer.param_groups for p in group["params"]
+                if p.requires_grad and id(p) not in shared]
+
+    # ----- the wrapped optimizer's interface, so schedulers, clipping and GradScaler see a plain one
+    param_groups = _delegated("param_groups")
+    state = _delegated("state")
+    defaults = _delegated("defaults")
+    _optimizer_step_pre_hooks = _delegated("_optimizer_step_pre_hooks")
+    _optimizer_step_post_hooks = _delegated("_optimizer_step_post_hooks")
+    _optimizer_state_dict_pre_hooks = _delegated("_optimizer_state_dict_pre_hooks")
+    _optimizer_state_dict_post_hooks = _delegated("_optimizer_state_dict_post_hooks")
+    _optimizer_load_state_dict_pre_hooks = _delegated("_optimizer_load_state_dict_pre_hooks")
+    _optimizer_load_state_dict_post_hooks = _delegated("_optimizer_load_state_dict_post_hooks")
 
     def __getstate__(self):  # plain attributes; Optimizer's version expects its own fields
         return self.__dict__
@@ -103,25 +163,18 @@ class MTLOptimizer(torch.optim.Optimizer):
     def __setstate__(self, state):
         self.__dict__.update(state)
 
-    # The wrapped optimizer's interface, so schedulers, clipping and GradScaler see a plain optimizer.
-    @property
-    def param_groups(self):
-        return self.optimizer.param_groups
-
-    @property
-    def state(self):
-        return self.optimizer.state
-
-    @property
-    def defaults(self):
-        return self.optimizer.defaults
-
     def add_param_group(self, param_group: dict) -> None:
         self.optimizer.add_param_group(param_group)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
+    def step(self, closure=None):
+        result = self.optimizer.step(closure)
+        self._step += 1
+        return result
+
+    # ----- backward: collect -> (reduce) -> weight -> combine -> write ------------------------
     def features(self, representation: torch.Tensor) -> torch.Tensor:
         """Feature-level mode for the next ``backward``: pass the shared representation z (the
         encoder's output) through this and feed the heads with what it returns (a detached leaf).
@@ -130,123 +183,168 @@ class MTLOptimizer(torch.optim.Optimizer):
         GradDrop then uses its original form: signs of z, purity summed over the batch."""
         if not isinstance(representation, torch.Tensor) or not representation.requires_grad:
             raise ValueError("features() needs the shared representation, a tensor that requires grad")
-        self._representation = representation
-        self._feature_leaf = representation.detach().requires_grad_()
-        return self._feature_leaf
+        if len(self.groups) != 1 or self.groups[0].tasks is not None or self.method.family == "loss":
+            raise ValueError("features() works with one shared group used by every task and a gradient method")
+        leaf = representation.detach().requires_grad_()
+        self._features = (representation, leaf)
+        return leaf
 
     def backward(self, losses, scaler: torch.amp.GradScaler | None = None):
         """Per-task backward passes, then the aggregated gradient added to the shared ``.grad``.
         Returns the aggregated gradient of this call [P] (in feature mode: of the representation,
-        flattened; valid until the next call), or, for a loss-side method, the loss it built.
-        ``scaler``: a GradScaler to scale the (unscaled) losses with; see the module docstring."""
+        flattened; with several groups: a list, one per group; valid until the next call), or,
+        for a loss-side method, the loss it built. ``scaler``: a GradScaler to scale the
+        (unscaled) losses with; see the module docstring."""
         losses = check_losses(losses)
-        if self._loss_method is not None:
-            total = self._loss_method(losses, self._gradients.params)
-            (scaler.scale(total) if scaler is not None else total).backward()
-            return total.detach()
+        features, self._features = self._features, None
+        if self.method.family == "loss":
+            return self._backward_loss(losses, scaler)
         scale = None
         if scaler is not None:
             losses = [scaler.scale(loss) for loss in losses]
             scale = scaler._get_scale_async()  # a device tensor: no sync
-        if self._representation is not None:
-            return self._backward_features(losses, scale)
-        if not self._weights_stale(len(losses), "parameters"):
-            return self._backward_weighted(losses)
-        return self._aggregate_into(self._gradients, losses, self.options, scale, "parameters")
+        mode = "parameters" if features is None else "features"
+        heads = self._heads()
+        with all_or_nothing(self._shared_params(), heads):
+            if features is None and self._reuse_weights(len(losses)):
+                return self._backward_weighted(losses, heads)
+            source = (ParameterGradients(self.groups, heads) if features is None
+                      else FeatureGradients(self.groups[0], *features))
+            matrices = source.collect(losses)                                   # collect
+            combined = []
+            for matrix in matrices:
+                direction = self._combine(matrix, scale, mode)                   # weight, combine
+                source.write(matrix, direction)                                  # write
+                combined.append(direction)
+        self.last_diagnostics = self._diagnostics()
+        return combined[0] if len(combined) == 1 else combined
 
-    def _weights_stale(self, tasks: int, mode: str) -> bool:
-        """Whether this step computes per-task gradients (always, except every=k reuse steps)."""
-        return (self._weighting is None or self._weights is None or self._step % self.every == 0
-                or self._weights.shape[0] != tasks or self._weights_mode != mode)
-
-    def _backward_weighted(self, losses) -> torch.Tensor:
-        """A step between weight updates of every=k: with w fixed, w . G is the gradient of
-        Σ w_t L_t, so one backward pass replaces the T per-task passes (for the shared
-        parameters); the heads get their plain gradients from Σ L_t, through the heads only."""
-        shared = self._gradients.params
-        shared_ids = {id(p) for p in shared}
-        heads = [p for group in self.optimizer.param_groups for p in group["params"]
-                 if p.requires_grad and id(p) not in shared_ids]
-        weighted = sum(w.to(loss.dtype) * loss.reshape(()) for w, loss in zip(self._weights.detach(), losses))
-        grads = torch.autograd.grad(weighted, shared, retain_graph=bool(heads), allow_unused=True)
-        combined = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, shared)])
-        _add_to_grads(shared, grads)
-        if heads:
-            _add_to_grads(heads, torch.autograd.grad(sum(loss.reshape(()) for loss in losses), heads, allow_unused=True))
-        self.last_diagnostics = None  # no per-task gradients on this step
-        return combined
-
-    def _backward_features(self, losses, scale) -> torch.Tensor:
-        representation, leaf = self._representation, self._feature_leaf
-        self._representation = self._feature_leaf = None
-        options = dict(self.options)
-        if self.method == "graddrop":  # the paper's feature-level form
-            options.setdefault("signs", representation.detach().reshape(-1).to(leaf.dtype))
-            options.setdefault("batch", representation.shape[0] if representation.dim() > 1 else 1)
-        combined = self._aggregate_into(TaskGradients([leaf]), losses, options, scale, "features")
-        representation.backward(combined.view_as(representation).to(representation.dtype))
-        return combined
-
-    def _aggregate_into(self, gradients: TaskGradients, losses, options: dict, scale, mode: str) -> torch.Tensor:
-        G = gradients.compute(losses)
-        impl = self.options.get("impl", "auto")
-        K = functional.gram(G, impl=impl) if self.diagnostics else None
-        if self._weighting is not None:
-            if self._weights_stale(G.shape[0], mode):
-                K = self._weighting.gram(G, impl) if K is None else K
-                if scale is not None and not self._weighting.scale_linear:
-                    K = K / scale.to(K.dtype) ** 2  # the weights of the unscaled gradients (Nash-MTL)
-                self._weights = self._weighting(K, **options)
-                self._weights_mode = mode
-            combined = gradients.write_combined(lambda out: functional.combine(G, self._weights, out=out, impl=impl))
+    def _combine(self, matrix: TaskMatrix, scale: torch.Tensor | None, mode: str) -> torch.Tensor:
+        """The combined gradient of one group's G, into its buffer (parameter level)."""
+        group, G, method = matrix.group, matrix.G, matrix.group.method
+        out = group.combined if matrix.params else None
+        K = method.gram(G) if method.family == "gram" else None
+        if K is None and self.diagnostics:
+            K = functional.gram_for_weights(G)
+        if method.family == "gram":
+            if scale is not None and not method.scale_linear:
+                K = K / scale.to(K.dtype) ** 2  # the weights of the unscaled gradients (Nash-MTL)
+            group.weights, group.weights_mode = method.weights(K), mode
+            direction = functional.combine(G, group.weights, out=out, impl=method.impl)
         else:
-            combined = gradients.write_combined(lambda out: out.copy_(self._aggregate(G, **options)))
-        if self.diagnostics:
-            self.last_diagnostics = diagnostics_of(K, self._weights if self._weighting is not None else None)
-        return combined
+            direction = method(G, signs=matrix.signs, batch=matrix.batch)
+            direction = direction if out is None else out.copy_(direction)
+        group.diagnostics = diagnostics_of(K, group.weights if method.family == "gram" else None) \
+            if self.diagnostics else None
+        return direction
 
-    def step(self, closure=None):
-        result = self.optimizer.step(closure)
-        self._step += 1
-        return result
+    def _diagnostics(self):
+        reports = [group.diagnostics for group in self.groups if group.diagnostics is not None]
+        return None if not reports else reports[0] if len(self.groups) == 1 else reports
 
+    def _reuse_weights(self, tasks: int) -> bool:
+        """Whether this is an every=k step between weight updates, with weights for every group."""
+        return self.every > 1 and self._step % self.every != 0 and all(
+            group.weights is not None and group.weights_mode == "parameters"
+            and group.weights.shape[0] == len(group.task_indices(tasks)) for group in self.groups)
+
+    def _backward_weighted(self, losses, heads: list[torch.nn.Parameter]) -> torch.Tensor:
+        """A step between weight updates of every=k: with w fixed, w · G is the gradient of
+        Σ w_t L_t, so one backward pass per group replaces the T per-task passes; the heads get
+        their plain gradients from Σ L_t."""
+        combined = []
+        for group in self.groups:
+            params = group.trainable()
+            if not params:
+                continue
+            rows = group.task_indices(len(losses))
+            weighted = sum(w.to(losses[t].dtype) * losses[t].reshape(()) for w, t in zip(group.weights, rows))
+            grads = torch.autograd.grad(weighted, params, retain_graph=True, allow_unused=True)
+            combined.append(flat_grads(params, grads))
+            for p, grad in zip(params, grads):
+                p.grad = grad
+        if heads:
+            grads = torch.autograd.grad(sum(loss.reshape(()) for loss in losses), heads, allow_unused=True)
+            for p, grad in zip(heads, grads):
+                p.grad = grad
+        self.last_diagnostics = None  # no per-task gradients on this step
+        return combined[0] if len(combined) == 1 else combined
+
+    def _backward_loss(self, losses, scaler) -> torch.Tensor:
+        with all_or_nothing(self._shared_params(), self._heads()):
+            total = self.method.loss(losses, self._shared_params())
+            (scaler.scale(total) if scaler is not None else total).backward()
+        return total.detach()
+
+    # ----- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        method_state = self._loss_method if self._loss_method is not None else self._method_state
         return {
             "optimizer": self.optimizer.state_dict(),
-            "fastmtl": {"method": self.method, "every": self.every, "step": self._step, "weights": self._weights,
-                        "weights_mode": self._weights_mode,
-                        "method_state": None if method_state is None else method_state.state_dict()},
+            "fastmtl": {"method": self.method.name, "every": self.every, "step": self._step,
+                        "groups": [{"tasks": group.tasks, "method": group.method.name,
+                                    "method_state": group.method.state_dict(), "weights": group.weights,
+                                    "weights_mode": group.weights_mode} for group in self.groups]},
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Loads a state_dict of this MTLOptimizer, or of the plain optimizer it wraps (e.g. a
+        checkpoint from before fastmtl: the method state then starts afresh)."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        if "fastmtl" not in state_dict:
+            if {"state", "param_groups"} <= set(state_dict):
+                self.optimizer.load_state_dict(state_dict)
+                return
+            raise ValueError("state_dict is neither an MTLOptimizer's nor a torch optimizer's (keys: "
+                             f"{sorted(state_dict)})")
         ours = state_dict["fastmtl"]
-        if ours["method"] != self.method:
-            raise ValueError(f"state_dict is for method {ours['method']!r}, this optimizer uses {self.method!r}")
+        if ours["method"] != self.method.name:
+            raise ValueError(f"state_dict is for method {ours['method']!r}, this optimizer uses {self.method.name!r}")
+        saved = ours["groups"]
+        if [(g["tasks"], g["method"]) for g in saved] != [(g.tasks, g.method.name) for g in self.groups]:
+            raise ValueError(f"state_dict holds shared groups {[(g['tasks'], g['method']) for g in saved]}, this "
+                             f"optimizer {[(g.tasks, g.method.name) for g in self.groups]}: add the same groups first")
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self._step = ours["step"]
-        weights = ours["weights"]
-        self._weights = None if weights is None else weights.to(self._gradients.params[0].device).clone()
-        self._weights_mode = ours.get("weights_mode")
-        method_state = self._loss_method if self._loss_method is not None else self._method_state
-        if method_state is not None and ours.get("method_state") is not None:
-            method_state.load_state_dict(ours["method_state"])
+        for group, state in zip(self.groups, saved):
+            group.method.load_state_dict(state["method_state"])
+            weights = state["weights"]
+            group.weights = None if weights is None else weights.to(group.params[0].device).clone()
+            group.weights_mode = state["weights_mode"]
 
     def __repr__(self) -> str:
-        return f"MTLOptimizer(method={self.method!r}, every={self.every}, optimizer={self.optimizer!r})"
+        return (f"MTLOptimizer(method={self.method!r}, every={self.every}, groups={len(self.groups)}, "
+                f"optimizer={self.optimizer!r})")
 
 
-def _add_to_grads(params, grads) -> None:
-    for p, grad in zip(params, grads):
-        if grad is not None:
-            p.grad = grad if p.grad is None else p.grad + grad
+def _group_specs(shared) -> list[dict]:
+    """``shared`` as a list of group dicts: parameters (or a module) are the one-group case."""
+    if isinstance(shared, (list, tuple)) and shared and all(isinstance(item, dict) for item in shared):
+        for index, spec in enumerate(shared):
+            if "params" not in spec:
+                raise ValueError(f"shared group {index} has no 'params'")
+        return list(shared)
+    return [{"params": shared}]
 
 
-def backward(losses, shared, method: str = "pcgrad", **options) -> torch.Tensor:
+def backward(losses, shared, method="pcgrad", **options) -> torch.Tensor:
     """Functional twin of ``MTLOptimizer.backward`` for custom loops: per-task gradients of
     ``shared``, aggregated with ``method`` and added to their ``.grad``; returns the aggregated
-    [P]. (Allocates its [T, P] buffer per call; MTLOptimizer keeps one.)"""
-    gradients = TaskGradients(shared_parameter_list(shared))
-    G = gradients.compute(losses)
-    aggregate = methods.get(method)
-    return gradients.write_combined(lambda out: out.copy_(aggregate(G, **options)))
+    [P]. On failure the shared ``.grad`` are left as they were. (Allocates its [T, P] buffer per
+    call; MTLOptimizer keeps one.)"""
+    losses = check_losses(losses)
+    method = methods.create(method, **options)
+    if method.family == "loss":
+        raise ValueError(f"method {method.name!r} works on the losses: use MTLOptimizer, or back-propagate "
+                         "the loss it builds")
+    group = SharedGroup(shared_parameter_list(shared), None, method)
+    source = ParameterGradients([group], [])
+    with all_or_nothing(group.trainable(), []):
+        (matrix,) = source.collect(losses)
+        G = matrix.G
+        if method.family == "gram":
+            direction = functional.combine(G, method.weights(method.gram(G)), out=group.combined, impl=method.impl)
+        else:
+            direction = group.combined.copy_(method(G))
+        source.write(matrix, direction)
+    return direction

@@ -2,16 +2,29 @@
 
 import torch
 
-from fastmtl.methods import register_weighting
+from fastmtl.methods.base import GramWeighting, register
 
 
-@register_weighting("sum", needs_gram=False)
-def sum_weights(K: torch.Tensor) -> torch.Tensor:
+@register
+class Sum(GramWeighting):
     """Σ_i g_i: the gradient of the summed loss (scale: sum)."""
-    return torch.ones(K.shape[0], dtype=K.dtype, device=K.device)
+
+    name = "sum"
+    needs_gram = False
+
+    def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        return torch.ones(K.shape[0], dtype=K.dtype, device=K.device)
+
+    def weights(self, K: torch.Tensor) -> torch.Tensor:
+        # w depends on T alone: no NaN policy on K (the update propagates NaN per coordinate).
+        return self.solve(K.double(), None)
 
 
-@register_weighting("mean", needs_gram=False)
-def mean_weights(K: torch.Tensor) -> torch.Tensor:
+@register
+class Mean(Sum):
     """(1/T) Σ_i g_i: the gradient of the mean loss (scale: mean)."""
-    return torch.full((K.shape[0],), 1.0 / K.shape[0], dtype=K.dtype, device=K.device)
+
+    name = "mean"
+
+    def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        return torch.full((K.shape[0],), 1.0 / K.shape[0], dtype=K.dtype, device=K.device)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from fastmtl.methods import register_weighting
+from fastmtl.methods import _options
+from fastmtl.methods.base import GramWeighting, register
 
 
 def project_to_simplex(v: torch.Tensor) -> torch.Tensor:
@@ -30,14 +31,26 @@ def project_to_simplex(v: torch.Tensor) -> torch.Tensor:
     return (v - theta).clamp_min(0)
 
 
-@register_weighting("cagrad")
-def cagrad_weights(K: torch.Tensor, *, c: float = 0.5, rescale: int = 0, norm_eps: float = 1e-4,
-                   max_iters: int = 200, tol: float = 1e-8) -> torch.Tensor:
-    if not c >= 0:
-        raise ValueError(f"c must be >= 0, got {c!r}")
-    if rescale not in (0, 1, 2):
-        raise ValueError(f"rescale must be 0, 1 or 2, got {rescale!r}")
-    K = K.double()
+@register
+class CAGrad(GramWeighting):
+    name = "cagrad"
+
+    def __init__(self, *, c: float = 0.5, rescale: int = 0, norm_eps: float = 1e-4, max_iters: int = 200,
+                 tol: float = 1e-8, impl: str = "auto"):
+        rescale = _options.integer(self.name, "rescale", rescale, low=0)
+        if rescale > 2:
+            raise ValueError(f"{self.name}: rescale must be 0, 1 or 2, got {rescale!r}")
+        self._set_options(c=_options.real(self.name, "c", c, low=0.0), rescale=rescale,
+                         norm_eps=_options.real(self.name, "norm_eps", norm_eps, low=0.0),
+                         max_iters=_options.integer(self.name, "max_iters", max_iters),
+                         tol=_options.real(self.name, "tol", tol, low=0.0), impl=impl)
+
+    def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        return cagrad_weights(K, **{k: v for k, v in self.options.items() if k != "impl"})
+
+
+def cagrad_weights(K: torch.Tensor, *, c: float, rescale: int, norm_eps: float, max_iters: int,
+                   tol: float) -> torch.Tensor:
     T = K.shape[0]
     trace = K.diagonal().sum()
     K = torch.where(trace < norm_eps, torch.zeros_like(K), K / torch.where(trace < norm_eps, 1.0, trace))

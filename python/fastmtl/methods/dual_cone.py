@@ -16,10 +16,11 @@ Scale: as torchjd (pref vector = mean, 1/T per task).
 
 import torch
 
-from fastmtl.methods import register_weighting
+from fastmtl.methods import _options
+from fastmtl.methods.base import GramWeighting, register
 
 
-def dual_cone_projection_weights(K: torch.Tensor, U: torch.Tensor, *, norm_eps: float = 1e-4, reg_eps: float = 1e-4,
+def dual_cone_projection_weights(K: torch.Tensor, U: torch.Tensor, *, norm_eps: float, reg_eps: float,
                                  sweeps: int = 8) -> torch.Tensor:
     """For each row u of U [m, T]: the v with π(Jᵀu) = Jᵀv, i.e. argmin vᵀAv s.t. v ≥ u."""
     K = K.double()
@@ -51,17 +52,35 @@ def _polish(A: torch.Tensor, q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_ex(system, rhs, check_errors=False).result.clamp_min(0)  # no info sync
 
 
-@register_weighting("upgrad")
-def upgrad_weights(K: torch.Tensor, *, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> torch.Tensor:
+class DualConeMethod(GramWeighting):
+    """Options shared by UPGrad and DualProj: ``norm_eps`` (a trace below it counts as a zero K)
+    and ``reg_eps`` (the QP's regularisation), as torchjd's defaults."""
+
+    def __init__(self, *, norm_eps: float = 1e-4, reg_eps: float = 1e-4, impl: str = "auto"):
+        self._set_options(norm_eps=_options.real(self.name, "norm_eps", norm_eps, low=0.0),
+                         reg_eps=_options.real(self.name, "reg_eps", reg_eps, low=0.0), impl=impl)
+
+    def projected(self, K: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+        return dual_cone_projection_weights(K, U, norm_eps=self.options["norm_eps"], reg_eps=self.options["reg_eps"])
+
+
+@register
+class UPGrad(DualConeMethod):
     """UPGrad: each task's share 1/T e_i projected onto the dual cone; the projections summed."""
-    T = K.shape[0]
-    U = torch.eye(T, dtype=torch.float64, device=K.device) / T
-    return dual_cone_projection_weights(K, U, norm_eps=norm_eps, reg_eps=reg_eps).sum(0)
+
+    name = "upgrad"
+
+    def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        T = K.shape[0]
+        return self.projected(K, torch.eye(T, dtype=torch.float64, device=K.device) / T).sum(0)
 
 
-@register_weighting("dualproj")
-def dualproj_weights(K: torch.Tensor, *, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> torch.Tensor:
+@register
+class DualProj(DualConeMethod):
     """DualProj: the mean gradient projected onto the dual cone."""
-    T = K.shape[0]
-    u = torch.full((1, T), 1.0 / T, dtype=torch.float64, device=K.device)
-    return dual_cone_projection_weights(K, u, norm_eps=norm_eps, reg_eps=reg_eps)[0]
+
+    name = "dualproj"
+
+    def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        T = K.shape[0]
+        return self.projected(K, torch.full((1, T), 1.0 / T, dtype=torch.float64, device=K.device))[0]

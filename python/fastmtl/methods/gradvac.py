@@ -4,7 +4,7 @@ cos(g_iᴾᶜ, g_j) falls below its target, g_iᴾᶜ is moved towards g_j until
     g_iᴾᶜ += |g_iᴾᶜ| (φ̂ √(1-φ²) - φ √(1-φ̂²)) / (|g_j| √(1-φ̂²)) g_j.
 Exact in Gram space (coefficients of the original g_k, as PCGrad); all tasks advance together
 on the device. Scale: sum of the corrected gradients, as torchjd. The φ̂ matrix is the method's
-state: MTLOptimizer keeps it across steps (and in its state_dict).
+state: a GradVac object keeps it across calls, and MTLOptimizer saves it in its state_dict.
 """
 
 from __future__ import annotations
@@ -12,39 +12,53 @@ from __future__ import annotations
 import torch
 
 from fastmtl import _validate, functional
-from fastmtl.methods import register_weighting
+from fastmtl.methods import _options
+from fastmtl.methods.base import GramWeighting, register
+from fastmtl.methods.pcgrad import checked_generator
 
 
-class GradVacState:
-    """The EMA of pairwise cosines, φ̂ [T, T] (zeros until the first step)."""
+@register
+class GradVac(GramWeighting):
+    """The EMA of pairwise cosines, φ̂ [T, T], is the state (zeros until the first step, and again
+    whenever T changes); a step whose K is not finite leaves it unchanged."""
 
-    def __init__(self):
+    name = "gradvac"
+
+    def __init__(self, *, beta: float = 0.5, eps: float = 1e-8, shuffle: bool = True,
+                 generator: torch.Generator | None = None, impl: str = "auto"):
+        self._set_options(beta=_options.real(self.name, "beta", beta, low=0.0, high=1.0),
+                         eps=_options.real(self.name, "eps", eps, low=0.0),
+                         shuffle=_options.flag(self.name, "shuffle", shuffle),
+                         generator=checked_generator(self.name, generator), impl=impl)
         self.targets: torch.Tensor | None = None
+
+    def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        T = K.shape[0]
+        previous = self.targets
+        if previous is not None:
+            previous = previous.to(device=K.device, dtype=K.dtype)  # e.g. resumed on a GPU
+        if previous is None or previous.shape != (T, T):  # first step, or T changed: start over
+            previous = torch.zeros(T, T, dtype=K.dtype, device=K.device)
+        generator = _validate.generator_for(self.options["generator"], K.device)
+        order = functional.pcgrad_order(T, shuffle=self.options["shuffle"], generator=generator, device=K.device)
+        weights, targets = gradvac_step(K, previous, order, self.options["beta"], self.options["eps"])
+        self.targets = torch.where(finite, targets, previous)
+        return weights
 
     def state_dict(self) -> dict:
         return {"targets": self.targets}
 
     def load_state_dict(self, state: dict) -> None:
+        if set(state) != {"targets"}:
+            raise ValueError(f"gradvac: a state_dict with the key 'targets' expected, got {sorted(state)}")
         self.targets = None if state["targets"] is None else state["targets"].clone()
 
 
-@register_weighting("gradvac", state=GradVacState)
-def gradvac_weights(K: torch.Tensor, *, beta: float = 0.5, eps: float = 1e-8, shuffle: bool = True,
-                    generator=None, state: GradVacState | None = None) -> torch.Tensor:
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta must lie in [0, 1], got {beta!r}")
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps!r}")
-    K = K.double()
+def gradvac_step(K: torch.Tensor, targets: torch.Tensor, order: torch.Tensor | None, beta: float,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One GradVac step in Gram space: the task weights and the updated targets."""
     T = K.shape[0]
-    state = GradVacState() if state is None else state
-    if state.targets is not None:
-        state.targets = state.targets.to(device=K.device, dtype=K.dtype)  # e.g. resumed on a GPU
-    if state.targets is None or state.targets.shape != (T, T):  # first step, or T changed: start over
-        state.targets = torch.zeros(T, T, dtype=K.dtype, device=K.device)
-    targets = state.targets.clone()
-    generator = _validate.generator_for(generator, K.device)
-    order = functional.pcgrad_order(T, shuffle=shuffle, generator=generator, device=K.device)
+    targets = targets.clone()
     rows = torch.arange(T, device=K.device)
     order = rows.expand(T, T) if order is None else order
     C = torch.eye(T, dtype=K.dtype, device=K.device)  # row i: coefficients of g_i^PC
@@ -64,5 +78,4 @@ def gradvac_weights(K: torch.Tensor, *, beta: float = 0.5, eps: float = 1e-8, sh
         C[rows, j] += w
         CK += w[:, None] * K[j]
         targets[rows, j] = torch.where(valid, (1 - beta) * target + beta * cosine, target)
-    state.targets = targets
-    return C.sum(0)
+    return C.sum(0), targets

@@ -16,19 +16,27 @@ LAPACK-style info check synchronises with the host once per weight update.
 
 import torch
 
-from fastmtl.methods import register_weighting
+from fastmtl.methods import _options
+from fastmtl.methods.base import GramWeighting, register
 
 
-@register_weighting("mgda")
-def mgda_weights(K: torch.Tensor, *, max_iters: int = 100, epsilon: float = 1e-3) -> torch.Tensor:
-    """Frank-Wolfe on min_a a^T K a over the simplex, from the uniform point; stops updating once
+@register
+class MGDA(GramWeighting):
+    """Frank-Wolfe on min_a aᵀ K a over the simplex, from the uniform point; stops updating once
     a step's gamma falls below ``epsilon`` (on a GPU by a mask, with no host sync; on the CPU the
     loop also ends there, with the same result)."""
-    if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
-        raise ValueError(f"max_iters must be an int >= 1, got {max_iters!r}")
-    if not epsilon > 0:
-        raise ValueError(f"epsilon must be > 0, got {epsilon!r}")
-    K = K.double()
+
+    name = "mgda"
+
+    def __init__(self, *, max_iters: int = 100, epsilon: float = 1e-3, impl: str = "auto"):
+        self._set_options(max_iters=_options.integer(self.name, "max_iters", max_iters),
+                         epsilon=_options.real(self.name, "epsilon", epsilon, low=0.0, low_open=True), impl=impl)
+
+    def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        return mgda_weights(K, self.options["max_iters"], self.options["epsilon"])
+
+
+def mgda_weights(K: torch.Tensor, max_iters: int, epsilon: float) -> torch.Tensor:
     T = K.shape[0]
     alpha = torch.full((T,), 1.0 / T, dtype=K.dtype, device=K.device)
     done = torch.zeros((), dtype=torch.bool, device=K.device)
@@ -51,25 +59,41 @@ def mgda_weights(K: torch.Tensor, *, max_iters: int = 100, epsilon: float = 1e-3
     return alpha
 
 
-@register_weighting("imtl_g")
-def imtl_g_weights(K: torch.Tensor) -> torch.Tensor:
+@register
+class IMTLG(GramWeighting):
     """w ∝ pinv(K) diag(K)^½, normalised to sum 1 (all zero when the sum vanishes)."""
-    K = K.double()
+
+    name = "imtl_g"
+
+    def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        return imtl_g_weights(K)
+
+
+def imtl_g_weights(K: torch.Tensor) -> torch.Tensor:
     v = torch.linalg.pinv(K) @ K.diagonal().clamp_min(0).sqrt()
     total = v.sum()
     return torch.where(total.abs() < 1e-12, torch.zeros_like(v), v / torch.where(total.abs() < 1e-12, 1.0, total))
 
 
-@register_weighting("aligned_mtl")
-def aligned_mtl_weights(K: torch.Tensor, *, scale_mode: str = "min") -> torch.Tensor:
+@register
+class AlignedMTL(GramWeighting):
     """Aligned-MTL (Senushkin et al. 2023): align the task gradients' principal components.
     With K = V Λ Vᵀ on its rank r (eigenvalues above T·eps·max), B = sqrt(s) V Λ^-½ Vᵀ with s the
     smallest ("min"), median ("median") or mean ("rmse") retained eigenvalue; weights B·(1/T).
     Rank 0 gives the plain mean. Masks instead of slicing keep shapes fixed (no host sync).
     Scale: torchjd's (pref vector = mean)."""
-    if scale_mode not in ("min", "median", "rmse"):
-        raise ValueError(f"scale_mode must be 'min', 'median' or 'rmse', got {scale_mode!r}")
-    K = K.double()
+
+    name = "aligned_mtl"
+
+    def __init__(self, *, scale_mode: str = "min", impl: str = "auto"):
+        self._set_options(scale_mode=_options.one_of(self.name, "scale_mode", scale_mode, ("min", "median", "rmse")),
+                         impl=impl)
+
+    def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        return aligned_mtl_weights(K, self.options["scale_mode"])
+
+
+def aligned_mtl_weights(K: torch.Tensor, scale_mode: str) -> torch.Tensor:
     T = K.shape[0]
     eigenvalues, V = torch.linalg.eigh(K)
     tolerance = eigenvalues.max() * T * torch.finfo(K.dtype).eps

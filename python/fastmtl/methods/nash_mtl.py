@@ -13,16 +13,24 @@ from __future__ import annotations
 
 import torch
 
-from fastmtl.methods import register_weighting
+from fastmtl.methods import _options
+from fastmtl.methods.base import GramWeighting, register
 
 
-@register_weighting("nash_mtl", scale_linear=False)
-def nash_mtl_weights(K: torch.Tensor, *, max_norm: float = 1.0, iterations: int = 30) -> torch.Tensor:
-    if not max_norm >= 0:
-        raise ValueError(f"max_norm must be >= 0, got {max_norm!r}")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be an int >= 1, got {iterations!r}")
-    K = K.double()
+@register
+class NashMTL(GramWeighting):
+    name = "nash_mtl"
+    scale_linear = False
+
+    def __init__(self, *, max_norm: float = 1.0, iterations: int = 30, impl: str = "auto"):
+        self._set_options(max_norm=_options.real(self.name, "max_norm", max_norm, low=0.0),
+                         iterations=_options.integer(self.name, "iterations", iterations), impl=impl)
+
+    def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        return nash_mtl_weights(K, self.options["max_norm"], self.options["iterations"])
+
+
+def nash_mtl_weights(K: torch.Tensor, max_norm: float, iterations: int) -> torch.Tensor:
     # Start from the solution for orthogonal gradients, α_i = 1 / |g_i| (1 for a zero gradient).
     norms = K.diagonal().clamp_min(0).sqrt()
     alpha = torch.where(norms > 0, 1 / torch.where(norms > 0, norms, 1.0), torch.ones_like(norms))

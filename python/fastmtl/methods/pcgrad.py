@@ -2,16 +2,34 @@
 
 Scale: ``reduction="sum"`` (default) returns Σ_i g_iᴾᶜ like the paper and torchjd;
 ``reduction="mean"`` divides by T like LibMTL. The official TF code never shuffles the task
-order: ``shuffle=False`` reproduces it. Exact in Gram space (weights from K, then w . G).
+order: ``shuffle=False`` reproduces it. Exact in Gram space (weights from K, then w · G).
 """
+
+from __future__ import annotations
 
 import torch
 
 from fastmtl import functional
-from fastmtl.methods import register_weighting
+from fastmtl.methods import _options
+from fastmtl.methods.base import GramWeighting, register
 
 
-@register_weighting("pcgrad")
-def pcgrad_weights(K: torch.Tensor, *, reduction="sum", shuffle=True, generator=None, impl="auto") -> torch.Tensor:
-    """PCGrad task weights w (Σ_i g_iᴾᶜ = w . G) from the Gram matrix K."""
-    return functional.pcgrad_task_weights(K, reduction=reduction, shuffle=shuffle, generator=generator, impl=impl)
+def checked_generator(method: str, generator):
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{method}: generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator
+
+
+@register
+class PCGrad(GramWeighting):
+    name = "pcgrad"
+
+    def __init__(self, *, reduction: str = "sum", shuffle: bool = True, generator: torch.Generator | None = None,
+                 impl: str = "auto"):
+        self._set_options(reduction=_options.one_of(self.name, "reduction", reduction, ("sum", "mean")),
+                         shuffle=_options.flag(self.name, "shuffle", shuffle),
+                         generator=checked_generator(self.name, generator), impl=impl)
+
+    def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        return functional.pcgrad_task_weights(K, reduction=self.options["reduction"], shuffle=self.options["shuffle"],
+                                              generator=self.options["generator"], impl=self.impl)

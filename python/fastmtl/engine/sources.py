@@ -1,0 +1,91 @@
+"""Where the per-task gradient matrices G come from, and where the combined gradients go.
+
+A source ``collect``s one ``TaskMatrix`` per group from the task losses and later ``write``s
+each group's combined gradient back. Parameter level: one backward pass per task, each writing
+its gradient straight into the group's buffer row (``.grad`` views). Feature level: per-task
+gradients of a shared representation z, and one backward of the combined gradient through the
+encoder. (Cross-process reductions slot in between collect and write.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fastmtl.engine.groups import SharedGroup, point_grads_at
+
+
+@dataclass
+class TaskMatrix:
+    group: SharedGroup
+    params: list  # the trainable parameters G's columns belong to (empty at the feature level)
+    G: torch.Tensor  # [tasks of the group, P]
+    signs: torch.Tensor | None = None  # feature level: the activation, for element-wise methods
+    batch: int | None = None  # feature level: the batch size (G's columns are batch-major)
+
+
+class ParameterGradients:
+    """Per-task gradients of the groups' parameters. ``heads``: the other trainable parameters
+    of the optimizer; they get the plain gradients of the losses that reach them."""
+
+    def __init__(self, groups: list[SharedGroup], heads: list[torch.nn.Parameter]):
+        self.groups, self.heads = groups, heads
+
+    def collect(self, losses: list[torch.Tensor]) -> list[TaskMatrix]:
+        T = len(losses)
+        matrices = []
+        for group in self.groups:
+            params = group.trainable()
+            if params:  # a group frozen as a whole takes no part
+                tasks = group.task_indices(T)
+                matrices.append(TaskMatrix(group, params, group.rows(len(tasks), params)))
+        row_of = [{t: r for r, t in enumerate(m.group.task_indices(T))} for m in matrices]
+        # A group that some task does not share must not receive that task's gradient:
+        # restrict each pass to the parameters of the groups of its task, plus the heads.
+        restricted = any(len(rows) < T for rows in row_of)
+        for t, loss in enumerate(losses):
+            inputs = list(self.heads)
+            for matrix, rows in zip(matrices, row_of):
+                if t in rows:
+                    point_grads_at(matrix.params, matrix.G[rows[t]])
+                    inputs += matrix.params
+            retain = t < T - 1
+            if not restricted:
+                loss.backward(retain_graph=retain)
+            elif inputs:
+                loss.backward(retain_graph=retain, inputs=inputs)
+        return matrices
+
+    def write(self, matrix: TaskMatrix, combined: torch.Tensor) -> None:
+        point_grads_at(matrix.params, combined)
+
+
+class FeatureGradients:
+    """Per-task gradients of the representation z handed to ``MTLOptimizer.features``: the
+    heads run on ``leaf`` (z detached), so each task's pass stops there."""
+
+    def __init__(self, group: SharedGroup, representation: torch.Tensor, leaf: torch.Tensor):
+        self.group, self.representation, self.leaf = group, representation, leaf
+
+    def collect(self, losses: list[torch.Tensor]) -> list[TaskMatrix]:
+        T, leaf = len(losses), self.leaf
+        G = torch.zeros(T, leaf.numel(), dtype=leaf.dtype, device=leaf.device)
+        reached = []
+        handle = leaf.register_hook(lambda grad: reached.append(True))  # fires when a pass reaches z
+        try:
+            for t, loss in enumerate(losses):
+                leaf.grad = G[t].view_as(leaf)
+                loss.backward(retain_graph=t < T - 1)
+        finally:
+            handle.remove()
+            leaf.grad = None
+        if not reached:
+            raise ValueError("no loss uses the tensor returned by opt.features(z): feed the heads with that tensor, "
+                             "not with z itself (else the per-task gradients never reach the representation)")
+        z = self.representation
+        signs = z.detach().reshape(-1).to(leaf.dtype)
+        return [TaskMatrix(self.group, [], G, signs=signs, batch=z.shape[0] if z.dim() > 1 else 1)]
+
+    def write(self, matrix: TaskMatrix, combined: torch.Tensor) -> None:
+        self.representation.backward(combined.view_as(self.representation).to(self.representation.dtype))

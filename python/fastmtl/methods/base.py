@@ -1,0 +1,160 @@
+"""The method abstraction: one object per multi-task method, its options checked when it is
+built, its state (EMAs, running weights) saved by ``state_dict()``.
+
+Three families, by what the method needs to see:
+
+* ``GramWeighting``: task weights w [T] from the Gram matrix K = G Gᵀ [T, T] (PCGrad, MGDA,
+  UPGrad, ...); the update is w · G, one Gram pass and one combine pass over G. MTLOptimizer
+  can reuse w for k steps (``every=k``): with w fixed, w · G is the gradient of Σ w_t L_t.
+* ``ElementwiseMethod``: works on G coordinate by coordinate (GradDrop).
+* ``LossMethod``: builds one loss from the task losses (CosReg, GO4Align); it never sees G, so
+  it has no ``aggregate(G)`` form and MTLOptimizer runs one backward of the loss it builds.
+
+Every G-method is called as ``method(G) -> [P]``. The registry maps names to classes.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from fastmtl import _validate, functional
+from fastmtl._numerics import accumulate_dtype
+from fastmtl.methods import _options
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: makes ``cls`` available by its ``name``."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"a method named {cls.name!r} is registered already")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    """Every method name, in alphabetical order."""
+    return sorted(_REGISTRY)
+
+
+def method_class(name: str) -> type[Method]:
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(available())}")
+    return _REGISTRY[name]
+
+
+def create(method: str | Method, **options) -> Method:
+    """A method object from its name and options, or the given object itself (no options then)."""
+    if isinstance(method, Method):
+        if options:
+            raise TypeError(f"options {sorted(options)} go to create(); {method!r} is built already")
+        return method
+    cls = method_class(method)
+    try:
+        return cls(**options)
+    except TypeError as error:
+        if "unexpected keyword" in str(error) or "positional argument" in str(error):
+            raise TypeError(f"method {method!r} does not take these options: {error}") from None
+        raise
+
+
+class Method:
+    """Base of every method. Subclasses set ``name`` and ``family`` and keep their validated
+    options in ``self.options`` (so ``fresh()`` can build an identical method with new state)."""
+
+    name: ClassVar[str]
+    family: ClassVar[str]  # "gram", "elementwise" or "loss"
+
+    def __init__(self, **options):
+        self.options = options
+
+    def fresh(self) -> Method:
+        """The same method with the same options and a new, empty state."""
+        return type(self)(**self.options)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"{self.name} keeps no state, but the state_dict holds {sorted(state)}")
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{key}={value!r}" for key, value in self.options.items())
+        return f"{type(self).__name__}({options})"
+
+
+def _impl(method: str, impl) -> str:
+    return _options.one_of(method, "impl", impl, _validate.IMPLS)
+
+
+class GramWeighting(Method):
+    """A method whose update is w · G with w = ``weights(K)``.
+
+    Subclasses implement ``solve(K, finite) -> w`` on a float64 K that is always finite (a
+    non-finite K is replaced by the identity so that no solver raises), and must leave their
+    state unchanged when ``finite`` (a 0-d bool tensor) is False, without reading it on the
+    host. The documented NaN policy follows: non-finite G gives all-NaN weights, hence an
+    all-NaN update, and the state of a stateful method survives the step (e.g. one that a
+    GradScaler skips)."""
+
+    family = "gram"
+    needs_gram: ClassVar[bool] = True  # False when w depends on T alone (sum, mean)
+    scale_linear: ClassVar[bool] = True  # False when w · G does not scale with G (Nash-MTL)
+
+    def __init__(self, *, impl: str = "auto"):  # a method with no options of its own
+        self._set_options(impl=impl)
+
+    def _set_options(self, *, impl: str = "auto", **options) -> None:
+        """Subclasses with options call this with their checked values (plus ``impl``)."""
+        Method.__init__(self, impl=_impl(self.name, impl), **options)
+        self.impl = impl
+
+    def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def weights(self, K: torch.Tensor) -> torch.Tensor:
+        """Task weights w [T] (float64) from the Gram matrix K [T, T]."""
+        if not isinstance(K, torch.Tensor) or K.dim() != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0:
+            raise ValueError(f"{self.name}: K must be a non-empty square [T, T] tensor, got {getattr(K, 'shape', K)!r}")
+        K = K.detach().double()
+        finite = torch.isfinite(K).all()
+        identity = torch.eye(K.shape[0], dtype=K.dtype, device=K.device)
+        w = self.solve(torch.where(finite, K, identity), finite)
+        return torch.where(finite, w, torch.full_like(w, float("nan")))
+
+    def gram(self, G: torch.Tensor) -> torch.Tensor:
+        """K for these weights (float64 where float32 would overflow); a placeholder of the
+        right shape when the weights ignore it."""
+        if self.needs_gram:
+            return functional.gram_for_weights(G, impl=self.impl)
+        return torch.zeros((G.shape[0], G.shape[0]), dtype=accumulate_dtype(G.dtype), device=G.device)
+
+    def __call__(self, G: torch.Tensor) -> torch.Tensor:
+        G = _validate.task_matrix(G)
+        return functional.combine(G, self.weights(self.gram(G)), impl=self.impl)
+
+
+class ElementwiseMethod(Method):
+    """A method that combines G coordinate by coordinate. ``signs`` and ``batch`` describe a
+    feature-level G (the activation and the batch size), set by MTLOptimizer's feature mode."""
+
+    family = "elementwise"
+
+    def __call__(self, G: torch.Tensor, *, signs: torch.Tensor | None = None, batch: int | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class LossMethod(Method):
+    """A method that builds one loss from the task losses: ``loss(losses, shared) -> scalar``."""
+
+    family = "loss"
+
+    def loss(self, losses, shared) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, G: torch.Tensor) -> torch.Tensor:
+        raise TypeError(f"{self.name} works on the task losses, not on their gradients: it has no aggregate(G) "
+                        f"form; use it through MTLOptimizer (one backward of the loss it builds)")

@@ -1,0 +1,51 @@
+"""Loss-side methods: each builds one loss from the task losses, back-propagated once.
+CosReg adds a differentiable penalty to the summed loss; GO4Align weights the task losses."""
+
+from __future__ import annotations
+
+import torch
+
+from fastmtl.losses.cosreg import cosreg_penalty
+from fastmtl.losses.go4align import GO4Align
+from fastmtl.methods import _options
+from fastmtl.methods.base import LossMethod, register
+
+
+@register
+class CosReg(LossMethod):
+    """Σ_t L_t + weight · mean over task pairs of cos(∇L_i, ∇L_j)² (double backward)."""
+
+    name = "cosreg"
+
+    def __init__(self, *, weight: float = 1.0, eps: float = 1e-8):
+        super().__init__(weight=_options.real(self.name, "weight", weight, low=0.0),
+                         eps=_options.real(self.name, "eps", eps, low=0.0, low_open=True))
+
+    def loss(self, losses, shared) -> torch.Tensor:
+        return sum(loss.reshape(()) for loss in losses) + cosreg_penalty(losses, shared, **self.options)
+
+
+@register
+class GO4AlignMethod(LossMethod):
+    """Σ_m ω_m L_m with GO4Align's weights; T is read from the first step. State: ζ."""
+
+    name = "go4align"
+
+    def __init__(self, *, n_groups: int = 2, beta: float = 1e-4):
+        super().__init__(n_groups=_options.integer(self.name, "n_groups", n_groups),
+                         beta=_options.real(self.name, "beta", beta, low=0.0))
+        self.weighter: GO4Align | None = None
+
+    def loss(self, losses, shared) -> torch.Tensor:
+        if self.weighter is None:
+            self.weighter = GO4Align(len(losses), **self.options)
+        return self.weighter.loss(losses)
+
+    def state_dict(self) -> dict:
+        return {} if self.weighter is None else {"n_tasks": self.weighter.n_tasks, **self.weighter.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.weighter = None
+        if state:
+            self.weighter = GO4Align(state["n_tasks"], n_groups=state["n_groups"], beta=state["beta"])
+            self.weighter.load_state_dict(state)
