@@ -1,4 +1,5 @@
-"""Build fastmtl: the Python package plus the compiled extension fastmtl._C.
+"""Build fastmtl's compiled extension fastmtl._C; the package's metadata (name, version,
+dependencies, extras) is declared in pyproject.toml's [project] table.
 
 * CPU build (CppExtension) by default.
 * CUDA build (CUDAExtension) when torch is a CUDA build and a CUDA toolkit is found; no GPU is
@@ -7,15 +8,29 @@
 * FASTMTL_SKIP_EXT=1 builds no extension: the package then runs on its pure-PyTorch path.
 
 Install with `pip install --no-build-isolation -e .` (build isolation would fetch torch again).
+What stays here is what must be code: the extension, and the package layout under python/ that
+the extension's build needs in the same setup() call.
 """
 
+import ast
 import glob
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
-VERSION = "0.1.0"
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_version() -> str:
+    """__version__ from python/fastmtl/_version.py, read without importing the package (which
+    needs torch and, at build time, has no extension yet). pyproject.toml reads the same file."""
+    path = os.path.join(ROOT, "python", "fastmtl", "_version.py")
+    with open(path) as file:
+        tree = ast.parse(file.read(), path)
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__version__" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise RuntimeError(f"no __version__ = '...' in {path}")
 
 
 def extension_modules():
@@ -27,7 +42,7 @@ def extension_modules():
     cpp_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("pyext/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
     with_cuda = bool(torch.version.cuda) and cpp_extension.CUDA_HOME is not None and bool(cuda_sources)
-    defines = [f'-DFASTMTL_VERSION="{VERSION}"', f'-DFASTMTL_TORCH_VERSION="{torch.__version__}"']
+    defines = [f'-DFASTMTL_VERSION="{read_version()}"', f'-DFASTMTL_TORCH_VERSION="{torch.__version__}"']
     include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")]
     # -fopenmp: at::parallel_for is a header template; without it the pragma is ignored and
     # every kernel runs on one thread.
@@ -53,17 +68,11 @@ def extension_modules():
 ext_modules, cmdclass = extension_modules()
 
 setup(
-    name="fastmtl",
-    version=VERSION,
-    description="Fast, exact multi-task gradient surgery (PCGrad, GradDrop, ...) for PyTorch",
+    # Every package under python/ (fastmtl and its subpackages, found, not listed, so a new
+    # subpackage ships without touching this file).
     package_dir={"": "python"},
-    packages=["fastmtl", "fastmtl.methods"],
-    python_requires=">=3.10",
-    install_requires=["torch"],
-    extras_require={
-        "test": ["pytest", "pytest-benchmark", "numpy", "scipy", "torchjd"],
-        "demo": ["scikit-learn", "matplotlib"],
-    },
+    packages=find_packages("python"),
+    package_data={"fastmtl": ["py.typed"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

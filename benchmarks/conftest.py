@@ -1,11 +1,4 @@
-"""Records what the timings depend on in the JSON's machine_info (report.py prints it)."""
+"""Records what the timings depend on in the JSON's machine_info: the hook is the package's
+(fastmtl.apps.bench.machine_info), which ``python -m fastmtl bench`` loads as a plugin."""
 
-import torch
-
-import fastmtl
-
-
-def pytest_benchmark_update_machine_info(config, machine_info):
-    machine_info["torch_version"] = torch.__version__
-    machine_info["torch_threads"] = torch.get_num_threads()
-    machine_info["fastmtl_build"] = fastmtl.build_info()
+from fastmtl.apps.bench.machine_info import pytest_benchmark_update_machine_info  # noqa: F401

@@ -14,10 +14,12 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 import fastmtl
+from fastmtl.apps.bench import peers
 
 VARIANTS = ["plain", "per-task", "pcgrad", "graddrop", "pcgrad every=4", "mgda every=4", "torchjd pcgrad",
             "torchjd mgda", "libmtl-style pcgrad"]
@@ -52,19 +54,12 @@ def make_model(kind: str, tasks: int):
 
 
 def libmtl_style_step(encoder, heads, losses):
-    """LibMTL's PCGrad: per-task gradients by autograd, a Python loop over pairs (a host-side
-    decision per pair), the summed projected gradient written to the shared .grad."""
+    """LibMTL's PCGrad: per-task gradients by autograd into a [T, P] matrix, its Python loop
+    over pairs (a host-side decision per pair; the benchmarks' peer), the summed projected
+    gradient written to the shared .grad."""
     shared = list(encoder.parameters())
     rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, shared, retain_graph=True)]) for loss in losses]
-    projected = [row.clone() for row in rows]
-    for i in range(len(rows)):
-        for j in torch.randperm(len(rows)).tolist():
-            if j == i:
-                continue
-            dot = torch.dot(projected[i], rows[j])
-            if dot < 0:
-                projected[i] -= dot * rows[j] / rows[j].norm().pow(2)
-    combined = torch.stack(projected).sum(0)
+    combined = peers.libmtl_style_pcgrad(torch.stack(rows))
     offset = 0
     for p in shared:
         p.grad = combined[offset : offset + p.numel()].view_as(p).clone()
@@ -121,7 +116,7 @@ def peak_memory_mb(kind: str, tasks: int, variant: str) -> float:
     """Peak resident memory of the training steps above what the process held before them: a
     fresh process warms the variant up (imports, allocator), resets the kernel's high-water mark
     (/proc/self/clear_refs) and runs the variant again."""
-    code = ("import sys; sys.path.insert(0, 'benchmarks'); import training_step as b; "
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import training_step as b; "
             f"b.step_ms({kind!r}, {tasks}, {variant!r}, 12); base = b._status_mb('VmRSS'); "
             "open('/proc/self/clear_refs', 'w').write('5'); "
             f"b.step_ms({kind!r}, {tasks}, {variant!r}, 12); print(b._status_mb('VmHWM') - base)")

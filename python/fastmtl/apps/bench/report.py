@@ -1,6 +1,6 @@
 """Comparison tables from a pytest-benchmark JSON file (``--benchmark-json`` output).
 
-    python benchmarks/report.py results.json
+    python -m fastmtl.apps.bench.report results.json
 
 Per op, one Markdown table with one row per (T, P): the median ms of each candidate, then
 fastmtl-cpp's time as a multiple of the memory floors (G.sum(0), and one contiguous read of G)
@@ -71,5 +71,5 @@ def format_report(json_path) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python benchmarks/report.py RESULTS.json")
+        sys.exit("usage: python -m fastmtl.apps.bench.report RESULTS.json")
     print(format_report(sys.argv[1]), end="")

@@ -16,7 +16,7 @@ def plot_history(histories: dict, path: Path) -> Path | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is not installed: no plots (pip install matplotlib)")
+        print("matplotlib is not installed: no plots (pip install 'fastmtl[demo]')")
         return None
     with_cosine = [name for name, h in histories.items() if h.get("cosine")]
     fig, axes = plt.subplots(1, 2 if with_cosine else 1, figsize=(11 if with_cosine else 6, 4), squeeze=False)

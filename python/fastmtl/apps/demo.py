@@ -8,16 +8,15 @@ the surgery overhead, and save plots.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 import fastmtl
-from fastmtl.data import multi_digits
-from fastmtl.plots import plot_history
-from fastmtl.regularizers import LOSS_METHODS
+from fastmtl.apps import extras
+from fastmtl.apps.datasets import multi_digits
+from fastmtl.apps.plots import plot_history
 
 
 class SharedNet(torch.nn.Module):
@@ -44,18 +43,12 @@ def accuracy(net, x, y) -> list[float]:
     return [(logits.argmax(1) == y[:, t]).float().mean().item() for t, logits in enumerate(net(x))]
 
 
-def progress(label: str, done: int, total: int, extra: str = "") -> None:
-    """A one-line progress bar on stderr."""
-    width = 30
-    filled = width * done // total
-    sys.stderr.write(f"\r{label:>10} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {extra}")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
-
-
 def train(name: str, method: str, data, steps: int, batch: int, seed: int, options: dict, diagnostics: bool) -> dict:
     """method "plain": one backward of the summed loss; otherwise MTLOptimizer(method)."""
+    # tqdm comes with the demo extra (run() checks it): imported here so that building the
+    # command line's parser, which every command does, never needs it.
+    from tqdm import tqdm
+
     torch.manual_seed(seed)
     net = SharedNet()
     adam = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -66,28 +59,30 @@ def train(name: str, method: str, data, steps: int, batch: int, seed: int, optio
     history = {"step": [], "cosine": [], "conflicts": [], "eval_step": [], "accuracy": []}
     step_seconds = []
     eval_every = max(1, steps // 10)
-    for step in range(1, steps + 1):
-        idx = torch.randint(0, len(data.x_train), (batch,), generator=gen)
-        x, y = data.x_train[idx], data.y_train[idx]
-        start = time.perf_counter()
-        losses = losses_of(net(x), y)
-        if opt is None:
-            adam.zero_grad()
-            sum(losses).backward()
-            adam.step()
-        else:
-            opt.zero_grad()
-            opt.backward(losses)
-            opt.step()
-        step_seconds.append(time.perf_counter() - start)
-        if opt is not None and opt.last_diagnostics is not None:
-            history["step"].append(step)
-            history["cosine"].append(opt.last_diagnostics["cosine"][0, 1].item())
-            history["conflicts"].append(opt.last_diagnostics["conflicts"].item())
-        if step % eval_every == 0 or step == steps:
-            history["eval_step"].append(step)
-            history["accuracy"].append(accuracy(net, data.x_test, data.y_test))
-            progress(name, step, steps, "acc " + " ".join(f"{a:.3f}" for a in history["accuracy"][-1]))
+    with tqdm(total=steps, desc=f"{name:>10}", unit="step") as bar:  # on stderr; stdout keeps the report
+        for step in range(1, steps + 1):
+            idx = torch.randint(0, len(data.x_train), (batch,), generator=gen)
+            x, y = data.x_train[idx], data.y_train[idx]
+            start = time.perf_counter()
+            losses = losses_of(net(x), y)
+            if opt is None:
+                adam.zero_grad()
+                sum(losses).backward()
+                adam.step()
+            else:
+                opt.zero_grad()
+                opt.backward(losses)
+                opt.step()
+            step_seconds.append(time.perf_counter() - start)  # the bar and the evaluation stay off the clock
+            bar.update()
+            if opt is not None and opt.last_diagnostics is not None:
+                history["step"].append(step)
+                history["cosine"].append(opt.last_diagnostics["cosine"][0, 1].item())
+                history["conflicts"].append(opt.last_diagnostics["conflicts"].item())
+            if step % eval_every == 0 or step == steps:
+                history["eval_step"].append(step)
+                history["accuracy"].append(accuracy(net, data.x_test, data.y_test))
+                bar.set_postfix_str("acc " + " ".join(f"{a:.3f}" for a in history["accuracy"][-1]))
     ordered = sorted(step_seconds)
     history["ms_per_step"] = 1e3 * ordered[len(ordered) // 2]
     history["final_accuracy"] = history["accuracy"][-1]
@@ -95,6 +90,7 @@ def train(name: str, method: str, data, steps: int, batch: int, seed: int, optio
 
 
 def run(args: argparse.Namespace) -> int:
+    extras.require("demo", command="demo")
     torch.set_flush_denormal(True)  # denormals slowed small Adam runs 100x on this CPU
     data = multi_digits(seed=args.seed)
     print(f"MultiDigits: {len(data.x_train)} training pairs, {len(data.x_test)} test pairs "
@@ -127,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", default="pcgrad", choices=[*fastmtl.methods.available(), *LOSS_METHODS])
+    parser.add_argument("--method", default="pcgrad", choices=fastmtl.methods.available(),
+                        help="any registered method (default: pcgrad)")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)

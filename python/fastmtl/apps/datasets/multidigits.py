@@ -31,8 +31,8 @@ def multi_digits(train_pairs: int = 20_000, test_pairs: int = 4_000, test_fracti
                  seed: int = 0) -> MultiDigits:
     try:
         from sklearn.datasets import load_digits
-    except ImportError as error:  # pragma: no cover - the demo's one extra dependency
-        raise ImportError("the MultiDigits demo needs scikit-learn: pip install scikit-learn") from error
+    except ImportError as error:  # pragma: no cover - scikit-learn comes with the demo extra
+        raise ImportError("MultiDigits needs scikit-learn: pip install 'fastmtl[demo]'") from error
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32) / 16.0  # [1797, 8, 8]
     labels = torch.tensor(digits.target, dtype=torch.int64)
