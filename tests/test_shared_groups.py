@@ -12,7 +12,11 @@ from oracles import pcgrad_per_vector
 import fastmtl
 
 torch.set_flush_denormal(True)  # these tests train
-torchjd = pytest.importorskip("torchjd.aggregation")
+
+
+def mgda_oracle(G):
+    torchjd = pytest.importorskip("torchjd.aggregation")
+    return torchjd.MGDA()(G)
 
 
 class Branched(torch.nn.Module):
@@ -60,7 +64,7 @@ def hand_written_step(net, x, y, lr, groups):
 
 def groups_of(net):
     return [(list(net.trunk.parameters()), [0, 1, 2], lambda G: pcgrad_per_vector(G)),
-            (list(net.branch_a.parameters()), [0, 2], lambda G: torchjd.MGDA()(G)),
+            (list(net.branch_a.parameters()), [0, 2], mgda_oracle),
             (list(net.branch_b.parameters()), [1], lambda G: G.sum(0))]
 
 
@@ -164,3 +168,102 @@ def test_state_dict_needs_the_same_groups():
     single = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "gradvac", shared=net.trunk.parameters())
     with pytest.raises(ValueError, match="groups"):
         single.load_state_dict(saved)
+
+
+def two_group_optimizer(net, method="pcgrad", **options):
+    return fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), method, shared=[
+        {"params": net.trunk.parameters()},
+        {"params": net.branch_a.parameters(), "tasks": [0, 2]},
+        {"params": net.branch_b.parameters(), "tasks": [1], "method": "sum"}], **options)
+
+
+def test_groups_inherit_the_optimizers_options_and_get_their_own_state():
+    net = Branched().double()
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "pcgrad", shuffle=False, impl="torch",
+                               shared=[{"params": net.trunk.parameters()},
+                                       {"params": net.branch_a.parameters(), "reduction": "mean"}])
+    assert opt.groups[0].method is opt.method
+    assert opt.groups[1].method.options == {"impl": "torch", "reduction": "mean", "shuffle": False, "generator": None}
+    gradvac = fastmtl.methods.create("gradvac")
+    with pytest.raises(ValueError, match="serves another group"):
+        fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), gradvac, shared=[
+            {"params": net.trunk.parameters()}, {"params": net.branch_a.parameters(), "method": gradvac}])
+    gv = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "gradvac", shared=[
+        {"params": net.trunk.parameters()}, {"params": net.branch_a.parameters(), "tasks": [0, 2]}])
+    assert gv.groups[0].method is not gv.groups[1].method  # each group its own targets (3x3 and 2x2)
+    gv.backward(net.losses(*data(0)))
+    assert gv.groups[0].method.targets.shape == (3, 3) and gv.groups[1].method.targets.shape == (2, 2)
+
+
+def test_every_k_with_groups_equals_the_cached_weights_times_g():
+    net = Branched().double()
+    opt = two_group_optimizer(net, "mgda", every=3)
+    opt.zero_grad()
+    opt.backward(net.losses(*data(0)))
+    opt.step()
+    weights = [group.weights.clone() for group in opt.groups]
+    x, y = data(1)
+    losses = net.losses(x, y)
+    expected = [w.to(torch.float64) @ task_rows(losses, params, tasks)
+                for w, (params, tasks, _) in zip(weights, groups_of(net))]
+    opt.zero_grad()
+    combined = opt.backward(net.losses(x, y))  # a reuse step: one weighted backward per group
+    assert opt.last_diagnostics is None
+    for got, want, group in zip(combined, expected, opt.groups):
+        assert torch.allclose(got, want, atol=1e-12)
+        assert torch.equal(torch.cat([p.grad.reshape(-1) for p in group.params]), got)
+
+
+def test_state_dict_round_trip_after_a_branch_is_added():
+    net = Branched().double()
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD([*net.trunk.parameters(), *net.branch_a.parameters(),
+                                                *net.heads.parameters()], lr=0.1), "gradvac", shuffle=False,
+                               shared=[{"params": net.trunk.parameters()}, {"params": net.branch_a.parameters()}])
+    opt.backward(net.losses(*data(0)))
+    opt.step()
+    opt.add_shared_group(net.branch_b.parameters(), tasks=[1])
+    opt.add_shared_group(net.branch_a.parameters(), tasks=[0, 2])
+    for step in (1, 2):
+        opt.zero_grad()
+        opt.backward(net.losses(*data(step)))
+        opt.step()
+    twin_net = copy.deepcopy(net)
+    twin = fastmtl.MTLOptimizer(torch.optim.SGD([*twin_net.trunk.parameters(), *twin_net.branch_a.parameters(),
+                                                 *twin_net.heads.parameters()], lr=0.1), "gradvac", shuffle=False,
+                                shared=[{"params": twin_net.trunk.parameters()},
+                                        {"params": twin_net.branch_a.parameters()}])
+    twin.add_shared_group(twin_net.branch_b.parameters(), tasks=[1])
+    twin.add_shared_group(twin_net.branch_a.parameters(), tasks=[0, 2])
+    twin.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for m, o in ((net, opt), (twin_net, twin)):
+        o.zero_grad()
+        o.backward(m.losses(*data(3)))
+        o.step()
+    for a, b in zip(net.parameters(), twin_net.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_group_frozen_as_a_whole_takes_no_part():
+    net = Branched().double()
+    opt = two_group_optimizer(net, "mgda", every=2)
+    for p in net.branch_b.parameters():
+        p.requires_grad_(False)
+    for step in range(3):
+        opt.zero_grad()
+        combined = opt.backward(net.losses(*data(step)))
+        opt.step()
+        assert len(combined) == 3 and combined[2] is None
+        assert all(p.grad is None for p in net.branch_b.parameters())
+    assert opt.groups[0].weights is not None  # every=2 still reuses the trainable groups' weights
+
+
+def test_more_group_configuration_errors():
+    net = Branched()
+    sgd = torch.optim.SGD(net.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="loss-side"):
+        fastmtl.MTLOptimizer(sgd, "pcgrad", shared=[{"params": net.trunk.parameters(), "method": "go4align"}])
+    with pytest.raises(ValueError, match="earlier group"):
+        fastmtl.MTLOptimizer(sgd, shared=[{"params": net.trunk.parameters()}, {"params": net.trunk[0].parameters()}])
+    opt = fastmtl.MTLOptimizer(sgd, shared=[{"params": net.trunk.parameters()}])
+    with pytest.raises(ValueError, match="param_group"):
+        opt.add_shared_group(net.branch_a.parameters(), tasks=[0], param_group={"lr": 1.0})

@@ -20,10 +20,13 @@ per-task gradient matrix holds only the rows of its tasks and is combined by its
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from fastmtl import functional, methods
 from fastmtl._numerics import cosine_from_gram
+from fastmtl.methods import _options
 from fastmtl.engine import (
     FeatureGradients,
     ParameterGradients,
@@ -31,7 +34,7 @@ from fastmtl.engine import (
     TaskMatrix,
     all_or_nothing,
     check_losses,
-    flat_grads,
+    point_grads_at,
     shared_parameter_list,
     task_list,
 )
@@ -74,13 +77,12 @@ class MTLOptimizer(torch.optim.Optimizer):
                              "or a list of {'params': ..., 'tasks': [...]} groups")
         if isinstance(every, bool) or not hasattr(every, "__index__") or int(every) < 1:
             raise ValueError(f"every must be an int >= 1, got {every!r}")
-        if not isinstance(diagnostics, bool):
-            raise TypeError(f"diagnostics must be True or False, got {diagnostics!r}")
+        diagnostics = _options.flag("MTLOptimizer", "diagnostics", diagnostics)
         self.optimizer, self.every, self.diagnostics = optimizer, int(every), diagnostics
         self.method = methods.create(method, **options)  # the default method of every group
         self.groups: list[SharedGroup] = []
         for spec in _group_specs(shared):
-            self._add_group(spec, new_params_allowed=False)
+            self._add_group(spec)
         self._step = 0
         self.last_diagnostics: dict | list | None = None
         self._features: tuple[torch.Tensor, torch.Tensor] | None = None  # (z, its detached leaf), set by features()
@@ -91,45 +93,62 @@ class MTLOptimizer(torch.optim.Optimizer):
         """Adds a group of shared parameters during training (e.g. a new branch). Parameters the
         wrapped optimizer does not hold yet join it as a new param group (``param_group``: its
         options, e.g. ``{"lr": 1e-3}``); parameters it holds keep their optimizer state, and
-        leave the shared group they were in. ``method`` (default: a fresh copy of the
-        optimizer's method) combines the gradients of ``tasks`` (None: every task)."""
+        leave the shared group they were in. ``method`` (default: the optimizer's method with its
+        options, and ``options`` on top; its state starts empty) combines the gradients of
+        ``tasks`` (None: every task)."""
         spec = {"params": params, "tasks": tasks, **options}
         if method is not None:
             spec["method"] = method
-        return self._add_group(spec, new_params_allowed=True, param_group=param_group)
+        return self._add_group(spec, moving_allowed=True, param_group=param_group)
 
-    def _add_group(self, spec: dict, *, new_params_allowed: bool, param_group: dict | None = None) -> SharedGroup:
+    def _add_group(self, spec: dict, *, moving_allowed: bool = False, param_group: dict | None = None) -> SharedGroup:
         spec = dict(spec)
         what = f"shared group {len(self.groups)}"
         params = shared_parameter_list(spec.pop("params"), what)
         tasks = task_list(spec.pop("tasks", None), what)
-        method = spec.pop("method", None)
-        if method is None and not spec:  # the optimizer's method: itself for the first group, a fresh copy after
-            in_use = any(group.method is self.method for group in self.groups)
-            group_method = self.method.fresh() if in_use else self.method
-        else:
-            group_method = methods.create(self.method.name if method is None else method, **spec)
+        group_method = self._group_method(spec.pop("method", None), spec, what)
+        self._check_method(group_method, tasks, what)
         if self.groups and params[0].device != self.groups[0].params[0].device:
             raise ValueError(f"{what} is on {params[0].device}, the other shared parameters on "
                              f"{self.groups[0].params[0].device}")
-        self._check_method(group_method, tasks, what)
         held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
         new = [p for p in params if id(p) not in held]
-        if new and not new_params_allowed:
+        if new and not moving_allowed:
             raise ValueError("every shared parameter must be in the wrapped optimizer (else it is never updated)")
+        if param_group is not None and not new:
+            raise ValueError("param_group: the wrapped optimizer holds every parameter of this group already, so no "
+                             "param group is added (its options would be ignored)")
+        grouped = {id(p) for group in self.groups for p in group.params}
+        if not moving_allowed and any(id(p) in grouped for p in params):
+            raise ValueError(f"{what} lists a parameter that an earlier group holds: each belongs to one group")
         moving = {id(p) for p in params}
         for group in self.groups:  # a parameter belongs to one group: it leaves its old one
             group.params = [p for p in group.params if id(p) not in moving]
         self.groups = [group for group in self.groups if group.params]
+        if group_method is self.method and any(group.method is self.method for group in self.groups):
+            group_method = self.method.fresh()  # a second group on the optimizer's method: its own state
         if new:
             self.optimizer.add_param_group({**(param_group or {}), "params": new})
         group = SharedGroup(params, tasks, group_method)
         self.groups.append(group)
         return group
 
+    def _group_method(self, method, options: dict, what: str) -> methods.Method:
+        """A group's method: the optimizer's (itself, with no options of the group's own), the
+        optimizer's with the group's options on top, another name with its options, or an object
+        no other group uses (a method object holds one group's state)."""
+        if method is None or method == self.method.name:
+            if not options:
+                return self.method
+            return methods.create(self.method.name, **{**self.method.options, **options})
+        if isinstance(method, methods.Method) and any(group.method is method for group in self.groups):
+            raise ValueError(f"{what}: this method object serves another group already; its state belongs to that "
+                             "group (pass a name, or method.fresh())")
+        return methods.create(method, **options)
+
     def _check_method(self, method: methods.Method, tasks, what: str) -> None:
         if method.family == "loss" or self.method.family == "loss":
-            if method.family != "loss" or tasks is not None or self.groups:
+            if method.family != self.method.family or tasks is not None or self.groups:
                 raise ValueError(f"{what}: a loss-side method ({self.method.name}) builds one loss for all tasks "
                                  "and takes one group of shared parameters")
             if self.every != 1 or self.diagnostics:
@@ -157,11 +176,18 @@ class MTLOptimizer(torch.optim.Optimizer):
     _optimizer_load_state_dict_pre_hooks = _delegated("_optimizer_load_state_dict_pre_hooks")
     _optimizer_load_state_dict_post_hooks = _delegated("_optimizer_load_state_dict_post_hooks")
 
-    def __getstate__(self):  # plain attributes; Optimizer's version expects its own fields
-        return self.__dict__
+    def __getstate__(self):
+        # Our own attributes (Optimizer's version expects its fields), less what must not travel:
+        # the bound `step` an LR scheduler patches onto the instance (a copy would step the
+        # original's parameters) and a pending features() call.
+        state = dict(self.__dict__)
+        for name in ("step", "_opt_called", "_features"):
+            state.pop(name, None)
+        return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self._features = None
 
     def add_param_group(self, param_group: dict) -> None:
         self.optimizer.add_param_group(param_group)
@@ -192,67 +218,72 @@ class MTLOptimizer(torch.optim.Optimizer):
     def backward(self, losses, scaler: torch.amp.GradScaler | None = None):
         """Per-task backward passes, then the aggregated gradient added to the shared ``.grad``.
         Returns the aggregated gradient of this call [P] (in feature mode: of the representation,
-        flattened; with several groups: a list, one per group; valid until the next call), or,
-        for a loss-side method, the loss it built. ``scaler``: a GradScaler to scale the
-        (unscaled) losses with; see the module docstring."""
+        flattened; with several groups: a list, one per group, None for a group frozen as a
+        whole; valid until the next call), or, for a loss-side method, the loss it built.
+        ``scaler``: a GradScaler to scale the (unscaled) losses with; see the module docstring."""
+        features, self._features = self._features, None  # feature mode is for this call only, even if it fails
         losses = check_losses(losses)
-        features, self._features = self._features, None
         if self.method.family == "loss":
             return self._backward_loss(losses, scaler)
         scale = None
-        if scaler is not None:
+        if scaler is not None and scaler.is_enabled():
             losses = [scaler.scale(loss) for loss in losses]
             scale = scaler._get_scale_async()  # a device tensor: no sync
         mode = "parameters" if features is None else "features"
         heads = self._heads()
-        with all_or_nothing(self._shared_params(), heads):
+        for group in self.groups:
+            group.diagnostics = None
+        with all_or_nothing(self._shared_params(), heads), self._method_states_kept_on_error():
             if features is None and self._reuse_weights(len(losses)):
                 return self._backward_weighted(losses, heads)
             source = (ParameterGradients(self.groups, heads) if features is None
                       else FeatureGradients(self.groups[0], *features))
-            matrices = source.collect(losses)                                   # collect
-            combined = []
-            for matrix in matrices:
-                direction = self._combine(matrix, scale, mode)                   # weight, combine
-                source.write(matrix, direction)                                  # write
-                combined.append(direction)
+            combined = {}
+            for matrix in source.collect(losses):                                # collect
+                direction = combine_group(matrix, scale, mode, self.diagnostics)  # weight, combine
+                source.write(matrix, direction)                                   # write
+                combined[id(matrix.group)] = direction
         self.last_diagnostics = self._diagnostics()
-        return combined[0] if len(combined) == 1 else combined
+        return self._per_group(combined)
 
-    def _combine(self, matrix: TaskMatrix, scale: torch.Tensor | None, mode: str) -> torch.Tensor:
-        """The combined gradient of one group's G, into its buffer (parameter level)."""
-        group, G, method = matrix.group, matrix.G, matrix.group.method
-        out = group.combined if matrix.params else None
-        K = method.gram(G) if method.family == "gram" else None
-        if K is None and self.diagnostics:
-            K = functional.gram_for_weights(G)
-        if method.family == "gram":
-            if scale is not None and not method.scale_linear:
-                K = K / scale.to(K.dtype) ** 2  # the weights of the unscaled gradients (Nash-MTL)
-            group.weights, group.weights_mode = method.weights(K), mode
-            direction = functional.combine(G, group.weights, out=out, impl=method.impl)
-        else:
-            direction = method(G, signs=matrix.signs, batch=matrix.batch)
-            direction = direction if out is None else out.copy_(direction)
-        group.diagnostics = diagnostics_of(K, group.weights if method.family == "gram" else None) \
-            if self.diagnostics else None
-        return direction
+    def _per_group(self, combined: dict):
+        if len(self.groups) == 1:
+            return combined.get(id(self.groups[0]))
+        return [combined.get(id(group)) for group in self.groups]
 
     def _diagnostics(self):
-        reports = [group.diagnostics for group in self.groups if group.diagnostics is not None]
-        return None if not reports else reports[0] if len(self.groups) == 1 else reports
+        if not self.diagnostics:
+            return None
+        reports = [group.diagnostics for group in self.groups]
+        return reports[0] if len(self.groups) == 1 else reports
+
+    @contextmanager
+    def _method_states_kept_on_error(self):
+        """A failed backward leaves every group's method state and cached weights as they were
+        (an earlier group's GradVac must not advance when a later group raises)."""
+        saved = [(group.method.state_dict(), group.weights, group.weights_mode) for group in self.groups]
+        try:
+            yield
+        except BaseException:
+            for group, (state, weights, mode) in zip(self.groups, saved):
+                group.method.load_state_dict(state)
+                group.weights, group.weights_mode = weights, mode
+            raise
 
     def _reuse_weights(self, tasks: int) -> bool:
-        """Whether this is an every=k step between weight updates, with weights for every group."""
-        return self.every > 1 and self._step % self.every != 0 and all(
+        """Whether this is an every=k step between weight updates, with weights for every group
+        that trains (a group frozen as a whole takes no part)."""
+        training = [group for group in self.groups if group.trainable()]
+        return self.every > 1 and self._step % self.every != 0 and bool(training) and all(
             group.weights is not None and group.weights_mode == "parameters"
-            and group.weights.shape[0] == len(group.task_indices(tasks)) for group in self.groups)
+            and group.weights.shape[0] == len(group.task_indices(tasks)) for group in training)
 
-    def _backward_weighted(self, losses, heads: list[torch.nn.Parameter]) -> torch.Tensor:
+    def _backward_weighted(self, losses, heads: list[torch.nn.Parameter]):
         """A step between weight updates of every=k: with w fixed, w · G is the gradient of
         Σ w_t L_t, so one backward pass per group replaces the T per-task passes; the heads get
-        their plain gradients from Σ L_t."""
-        combined = []
+        their plain gradients from Σ L_t. Written like a full step: into the group's buffer,
+        zeros for a parameter no task reaches."""
+        combined = {}
         for group in self.groups:
             params = group.trainable()
             if not params:
@@ -260,20 +291,23 @@ class MTLOptimizer(torch.optim.Optimizer):
             rows = group.task_indices(len(losses))
             weighted = sum(w.to(losses[t].dtype) * losses[t].reshape(()) for w, t in zip(group.weights, rows))
             grads = torch.autograd.grad(weighted, params, retain_graph=True, allow_unused=True)
-            combined.append(flat_grads(params, grads))
-            for p, grad in zip(params, grads):
-                p.grad = grad
+            group.ensure_buffers(len(rows), params)
+            torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)],
+                      out=group.combined)
+            point_grads_at(params, group.combined)
+            combined[id(group)] = group.combined
         if heads:
             grads = torch.autograd.grad(sum(loss.reshape(()) for loss in losses), heads, allow_unused=True)
             for p, grad in zip(heads, grads):
                 p.grad = grad
         self.last_diagnostics = None  # no per-task gradients on this step
-        return combined[0] if len(combined) == 1 else combined
+        return self._per_group(combined)
 
     def _backward_loss(self, losses, scaler) -> torch.Tensor:
-        with all_or_nothing(self._shared_params(), self._heads()):
+        with all_or_nothing(self._shared_params(), self._heads()), self._method_states_kept_on_error():
             total = self.method.loss(losses, self._shared_params())
-            (scaler.scale(total) if scaler is not None else total).backward()
+            scaled = scaler.scale(total) if scaler is not None and scaler.is_enabled() else total
+            scaled.backward(inputs=self._shared_params() + self._heads())
         return total.detach()
 
     # ----- state ------------------------------------------------------------------------------
@@ -287,8 +321,10 @@ class MTLOptimizer(torch.optim.Optimizer):
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Loads a state_dict of this MTLOptimizer, or of the plain optimizer it wraps (e.g. a
-        checkpoint from before fastmtl: the method state then starts afresh)."""
+        """Loads a state_dict of this MTLOptimizer (the same shared groups and methods), of the
+        previous single-group format, or of the plain optimizer it wraps (e.g. a checkpoint from
+        before fastmtl: fastmtl's own state is then left as it is). All or nothing: if any part
+        does not fit, nothing is loaded."""
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         if "fastmtl" not in state_dict:
@@ -297,20 +333,26 @@ class MTLOptimizer(torch.optim.Optimizer):
                 return
             raise ValueError("state_dict is neither an MTLOptimizer's nor a torch optimizer's (keys: "
                              f"{sorted(state_dict)})")
-        ours = state_dict["fastmtl"]
-        if ours["method"] != self.method.name:
-            raise ValueError(f"state_dict is for method {ours['method']!r}, this optimizer uses {self.method.name!r}")
+        ours = dict(state_dict["fastmtl"])
+        if "groups" not in ours and "weights" in ours:  # fastmtl 0.1: one group, its fields at the top
+            ours["groups"] = [{"tasks": None, "method": ours["method"], "method_state": ours.get("method_state") or {},
+                               "weights": ours["weights"], "weights_mode": ours.get("weights_mode")}]
+        if ours.get("method") != self.method.name or "groups" not in ours or "step" not in ours:
+            raise ValueError(f"state_dict is for method {ours.get('method')!r}, this optimizer uses "
+                             f"{self.method.name!r}" if ours.get("method") != self.method.name
+                             else f"state_dict['fastmtl'] lacks 'groups' or 'step' (keys: {sorted(ours)})")
         saved = ours["groups"]
         if [(g["tasks"], g["method"]) for g in saved] != [(g.tasks, g.method.name) for g in self.groups]:
             raise ValueError(f"state_dict holds shared groups {[(g['tasks'], g['method']) for g in saved]}, this "
                              f"optimizer {[(g.tasks, g.method.name) for g in self.groups]}: add the same groups first")
-        self.optimizer.load_state_dict(state_dict["optimizer"])
+        with self._method_states_kept_on_error():
+            for group, state in zip(self.groups, saved):
+                group.method.load_state_dict(state["method_state"])
+                weights = state["weights"]
+                group.weights = None if weights is None else weights.to(group.params[0].device).clone()
+                group.weights_mode = state["weights_mode"]
+            self.optimizer.load_state_dict(state_dict["optimizer"])
         self._step = ours["step"]
-        for group, state in zip(self.groups, saved):
-            group.method.load_state_dict(state["method_state"])
-            weights = state["weights"]
-            group.weights = None if weights is None else weights.to(group.params[0].device).clone()
-            group.weights_mode = state["weights_mode"]
 
     def __repr__(self) -> str:
         return (f"MTLOptimizer(method={self.method!r}, every={self.every}, groups={len(self.groups)}, "
@@ -327,24 +369,49 @@ def _group_specs(shared) -> list[dict]:
     return [{"params": shared}]
 
 
+def combine_group(matrix: TaskMatrix, scale: torch.Tensor | None = None, mode: str = "parameters",
+                  diagnostics: bool = False) -> torch.Tensor:
+    """Weight and combine one group's G with its method: into the group's buffer at the
+    parameter level. Gram-space methods cache their weights on the group (every=k reuses them);
+    ``scale`` (a GradScaler's) unscales K for a method that is not scale-linear (Nash-MTL)."""
+    group, G, method = matrix.group, matrix.G, matrix.group.method
+    out = group.combined if matrix.params else None
+    K = None
+    if method.family == "gram" and method.needs_gram:
+        K = method.gram(G)
+    elif diagnostics:
+        K = functional.gram_for_weights(G, impl=getattr(method, "impl", "auto"))
+    if method.family == "gram":
+        K_for_weights = method.gram(G) if K is None else K
+        if scale is not None and not method.scale_linear:
+            K_for_weights = K_for_weights / scale.to(K_for_weights.dtype) ** 2  # the unscaled gradients' weights
+        group.weights, group.weights_mode = method.weights(K_for_weights), mode
+        direction = functional.combine(G, group.weights, out=out, impl=method.impl)
+    else:
+        direction = method(G, signs=matrix.signs, batch=matrix.batch)
+        direction = direction if out is None else out.copy_(direction)
+    if diagnostics:
+        group.diagnostics = diagnostics_of(K, group.weights if method.family == "gram" else None)
+    return direction
+
+
 def backward(losses, shared, method="pcgrad", **options) -> torch.Tensor:
     """Functional twin of ``MTLOptimizer.backward`` for custom loops: per-task gradients of
-    ``shared``, aggregated with ``method`` and added to their ``.grad``; returns the aggregated
-    [P]. On failure the shared ``.grad`` are left as they were. (Allocates its [T, P] buffer per
-    call; MTLOptimizer keeps one.)"""
+    ``shared``, aggregated with ``method`` and added to their ``.grad`` (every other parameter
+    gets its plain gradients, as from ``loss.backward()``); returns the aggregated [P]. On
+    failure the shared ``.grad`` are left as they were. (Allocates its [T, P] buffer per call;
+    MTLOptimizer keeps one.)"""
     losses = check_losses(losses)
     method = methods.create(method, **options)
     if method.family == "loss":
         raise ValueError(f"method {method.name!r} works on the losses: use MTLOptimizer, or back-propagate "
                          "the loss it builds")
     group = SharedGroup(shared_parameter_list(shared), None, method)
-    source = ParameterGradients([group], [])
+    if not group.trainable():
+        raise ValueError("every shared parameter is frozen (requires_grad=False): there is nothing to aggregate")
+    source = ParameterGradients([group], None)
     with all_or_nothing(group.trainable(), []):
         (matrix,) = source.collect(losses)
-        G = matrix.G
-        if method.family == "gram":
-            direction = functional.combine(G, method.weights(method.gram(G)), out=group.combined, impl=method.impl)
-        else:
-            direction = group.combined.copy_(method(G))
+        direction = combine_group(matrix)
         source.write(matrix, direction)
     return direction

@@ -32,7 +32,7 @@ def task_list(tasks, what: str) -> tuple[int, ...] | None:
 
 
 class SharedGroup:
-    def __init__(self, params: Sequence[torch.nn.Parameter], tasks: tuple[int, ...] | None, method: "Method"):
+    def __init__(self, params: Sequence[torch.nn.Parameter], tasks: tuple[int, ...] | None, method: Method):
         self.params = list(params)
         self.tasks = tasks
         self.method = method
@@ -54,8 +54,8 @@ class SharedGroup:
         """The parameters that train now (a frozen one keeps its .grad as it is)."""
         return [p for p in self.params if p.requires_grad]
 
-    def rows(self, tasks: int, params: list[torch.nn.Parameter]) -> torch.Tensor:
-        """The zeroed [tasks, P] buffer for these trainable parameters (reused while they stay the same)."""
+    def ensure_buffers(self, tasks: int, params: list[torch.nn.Parameter]) -> None:
+        """[tasks, P] and [P] buffers for these trainable parameters (reused while they stay the same)."""
         layout = (tasks, tuple(id(p) for p in params))
         if layout != self._layout:
             size = sum(p.numel() for p in params)
@@ -63,6 +63,10 @@ class SharedGroup:
             self.buffer = torch.empty(tasks, size, device=first.device, dtype=first.dtype)
             self.combined = torch.empty(size, device=first.device, dtype=first.dtype)
             self._layout = layout
+
+    def rows(self, tasks: int, params: list[torch.nn.Parameter]) -> torch.Tensor:
+        """The zeroed [tasks, P] buffer of per-task gradients."""
+        self.ensure_buffers(tasks, params)
         return self.buffer.zero_()  # a task whose loss skips a parameter contributes zeros there
 
     def __repr__(self) -> str:

@@ -27,9 +27,12 @@ class TaskMatrix:
 
 class ParameterGradients:
     """Per-task gradients of the groups' parameters. ``heads``: the other trainable parameters
-    of the optimizer; they get the plain gradients of the losses that reach them."""
+    of the optimizer; they get the plain gradients of the losses that reach them. With heads
+    given (None: a plain ``loss.backward()`` per task), each pass is restricted to them and to
+    the groups of its task, so only parameters the optimizer holds receive gradients, on every
+    kind of step."""
 
-    def __init__(self, groups: list[SharedGroup], heads: list[torch.nn.Parameter]):
+    def __init__(self, groups: list[SharedGroup], heads: list[torch.nn.Parameter] | None):
         self.groups, self.heads = groups, heads
 
     def collect(self, losses: list[torch.Tensor]) -> list[TaskMatrix]:
@@ -41,17 +44,14 @@ class ParameterGradients:
                 tasks = group.task_indices(T)
                 matrices.append(TaskMatrix(group, params, group.rows(len(tasks), params)))
         row_of = [{t: r for r, t in enumerate(m.group.task_indices(T))} for m in matrices]
-        # A group that some task does not share must not receive that task's gradient:
-        # restrict each pass to the parameters of the groups of its task, plus the heads.
-        restricted = any(len(rows) < T for rows in row_of)
         for t, loss in enumerate(losses):
-            inputs = list(self.heads)
+            inputs = [] if self.heads is None else list(self.heads)
             for matrix, rows in zip(matrices, row_of):
-                if t in rows:
+                if t in rows:  # a group that task t does not share never sees its gradient
                     point_grads_at(matrix.params, matrix.G[rows[t]])
                     inputs += matrix.params
             retain = t < T - 1
-            if not restricted:
+            if self.heads is None:
                 loss.backward(retain_graph=retain)
             elif inputs:
                 loss.backward(retain_graph=retain, inputs=inputs)
@@ -72,13 +72,15 @@ class FeatureGradients:
         T, leaf = len(losses), self.leaf
         G = torch.zeros(T, leaf.numel(), dtype=leaf.dtype, device=leaf.device)
         reached = []
-        handle = leaf.register_hook(lambda grad: reached.append(True))  # fires when a pass reaches z
+        handles = [leaf.register_hook(lambda grad: reached.append(True)),  # a pass reached the leaf
+                   self.representation.register_hook(_reads_z_itself)]
         try:
             for t, loss in enumerate(losses):
                 leaf.grad = G[t].view_as(leaf)
                 loss.backward(retain_graph=t < T - 1)
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
             leaf.grad = None
         if not reached:
             raise ValueError("no loss uses the tensor returned by opt.features(z): feed the heads with that tensor, "
@@ -89,3 +91,10 @@ class FeatureGradients:
 
     def write(self, matrix: TaskMatrix, combined: torch.Tensor) -> None:
         self.representation.backward(combined.view_as(self.representation).to(self.representation.dtype))
+
+
+def _reads_z_itself(grad):
+    """A task's pass reached z by another way than the leaf: its raw gradient would flow into
+    the encoder next to the combined one."""
+    raise ValueError("a loss uses the representation z itself: in feature mode feed every head with the tensor "
+                     "returned by opt.features(z)")

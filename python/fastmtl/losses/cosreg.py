@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from fastmtl.methods import _options
 from fastmtl._numerics import cosine_from_gram
 from fastmtl.engine.checks import check_losses, shared_parameter_list
+from fastmtl.engine.groups import flat_grads
+from fastmtl.methods import _options
 
 
 def cosreg_penalty(losses, shared, *, weight: float = 1.0, eps: float = 1e-8) -> torch.Tensor:
@@ -16,15 +17,16 @@ def cosreg_penalty(losses, shared, *, weight: float = 1.0, eps: float = 1e-8) ->
     the loss and calling backward differentiates it (double backward). Without the graph the
     penalty would be a constant that changes nothing."""
     losses = check_losses(losses)
-    params = shared_parameter_list(shared)
+    params = [p for p in shared_parameter_list(shared) if p.requires_grad]
     weight = _options.real("cosreg", "weight", weight, low=0.0)
+    eps = _options.real("cosreg", "eps", eps, low=0.0, low_open=True)
     T = len(losses)
     if T < 2:
         return losses[0].new_zeros(())
     rows = []
     for loss in losses:
         grads = torch.autograd.grad(loss, params, create_graph=True, retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]))
+        rows.append(flat_grads(params, grads))
     G = torch.stack(rows)
     cosine = cosine_from_gram(G @ G.T, eps)
     off_diagonal = 1 - torch.eye(T, dtype=cosine.dtype, device=G.device)  # a product, not a mask: no sync

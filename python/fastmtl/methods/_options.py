@@ -8,6 +8,7 @@ import math
 import numbers
 
 import numpy as np
+import torch
 
 
 def _is_bool(value) -> bool:
@@ -46,4 +47,10 @@ def flag(method: str, name: str, value) -> bool:
 def one_of(method: str, name: str, value, options: tuple):
     if not any(value == option and type(value) is type(option) for option in options):
         raise ValueError(f"{method}: {name} must be one of {', '.join(repr(o) for o in options)}; got {value!r}")
+    return value
+
+
+def generator(method: str, value):
+    if value is not None and not isinstance(value, torch.Generator):
+        raise TypeError(f"{method}: generator must be a torch.Generator or None, got {type(value).__name__}")
     return value

@@ -110,7 +110,10 @@ class GramWeighting(Method):
     def _set_options(self, *, impl: str = "auto", **options) -> None:
         """Subclasses with options call this with their checked values (plus ``impl``)."""
         Method.__init__(self, impl=_impl(self.name, impl), **options)
-        self.impl = impl
+
+    @property
+    def impl(self) -> str:
+        return self.options["impl"]
 
     def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -41,7 +41,7 @@ class CAGrad(GramWeighting):
         if rescale > 2:
             raise ValueError(f"{self.name}: rescale must be 0, 1 or 2, got {rescale!r}")
         self._set_options(c=_options.real(self.name, "c", c, low=0.0), rescale=rescale,
-                         norm_eps=_options.real(self.name, "norm_eps", norm_eps, low=0.0),
+                         norm_eps=_options.real(self.name, "norm_eps", norm_eps, low=0.0, low_open=True),
                          max_iters=_options.integer(self.name, "max_iters", max_iters),
                          tol=_options.real(self.name, "tol", tol, low=0.0), impl=impl)
 

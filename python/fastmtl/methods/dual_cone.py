@@ -57,8 +57,8 @@ class DualConeMethod(GramWeighting):
     and ``reg_eps`` (the QP's regularisation), as torchjd's defaults."""
 
     def __init__(self, *, norm_eps: float = 1e-4, reg_eps: float = 1e-4, impl: str = "auto"):
-        self._set_options(norm_eps=_options.real(self.name, "norm_eps", norm_eps, low=0.0),
-                         reg_eps=_options.real(self.name, "reg_eps", reg_eps, low=0.0), impl=impl)
+        self._set_options(norm_eps=_options.real(self.name, "norm_eps", norm_eps, low=0.0, low_open=True),
+                         reg_eps=_options.real(self.name, "reg_eps", reg_eps, low=0.0, low_open=True), impl=impl)
 
     def projected(self, K: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
         return dual_cone_projection_weights(K, U, norm_eps=self.options["norm_eps"], reg_eps=self.options["reg_eps"])

@@ -13,7 +13,6 @@ import torch
 from fastmtl import functional
 from fastmtl.methods import _options
 from fastmtl.methods.base import ElementwiseMethod, _impl, register
-from fastmtl.methods.pcgrad import checked_generator
 
 
 @register
@@ -23,7 +22,7 @@ class GradDrop(ElementwiseMethod):
     def __init__(self, *, leak=0.0, generator: torch.Generator | None = None, impl: str = "auto"):
         if not isinstance(leak, torch.Tensor):  # a [T] tensor is checked against G at each call
             leak = _options.real(self.name, "leak", leak, low=0.0, high=1.0)
-        super().__init__(leak=leak, generator=checked_generator(self.name, generator), impl=_impl(self.name, impl))
+        super().__init__(leak=leak, generator=_options.generator(self.name, generator), impl=_impl(self.name, impl))
 
     def __call__(self, G: torch.Tensor, *, signs: torch.Tensor | None = None, batch: int | None = None) -> torch.Tensor:
         return functional.graddrop(G, signs=signs, batch=batch, **self.options)

@@ -14,7 +14,6 @@ import torch
 from fastmtl import _validate, functional
 from fastmtl.methods import _options
 from fastmtl.methods.base import GramWeighting, register
-from fastmtl.methods.pcgrad import checked_generator
 
 
 @register
@@ -27,9 +26,9 @@ class GradVac(GramWeighting):
     def __init__(self, *, beta: float = 0.5, eps: float = 1e-8, shuffle: bool = True,
                  generator: torch.Generator | None = None, impl: str = "auto"):
         self._set_options(beta=_options.real(self.name, "beta", beta, low=0.0, high=1.0),
-                         eps=_options.real(self.name, "eps", eps, low=0.0),
+                         eps=_options.real(self.name, "eps", eps, low=0.0, low_open=True),
                          shuffle=_options.flag(self.name, "shuffle", shuffle),
-                         generator=checked_generator(self.name, generator), impl=impl)
+                         generator=_options.generator(self.name, generator), impl=impl)
         self.targets: torch.Tensor | None = None
 
     def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,10 @@ class GO4AlignMethod(LossMethod):
         return {} if self.weighter is None else {"n_tasks": self.weighter.n_tasks, **self.weighter.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        if state and (state["n_groups"], state["beta"]) != (self.options["n_groups"], self.options["beta"]):
+            raise ValueError(f"go4align: the state_dict is for n_groups={state['n_groups']}, beta={state['beta']}; "
+                             f"this method has n_groups={self.options['n_groups']}, beta={self.options['beta']}")
         self.weighter = None
         if state:
-            self.weighter = GO4Align(state["n_tasks"], n_groups=state["n_groups"], beta=state["beta"])
+            self.weighter = GO4Align(state["n_tasks"], **self.options)
             self.weighter.load_state_dict(state)

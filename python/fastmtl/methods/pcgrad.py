@@ -14,12 +14,6 @@ from fastmtl.methods import _options
 from fastmtl.methods.base import GramWeighting, register
 
 
-def checked_generator(method: str, generator):
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"{method}: generator must be a torch.Generator or None, got {type(generator).__name__}")
-    return generator
-
-
 @register
 class PCGrad(GramWeighting):
     name = "pcgrad"
@@ -28,7 +22,7 @@ class PCGrad(GramWeighting):
                  impl: str = "auto"):
         self._set_options(reduction=_options.one_of(self.name, "reduction", reduction, ("sum", "mean")),
                          shuffle=_options.flag(self.name, "shuffle", shuffle),
-                         generator=checked_generator(self.name, generator), impl=impl)
+                         generator=_options.generator(self.name, generator), impl=impl)
 
     def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
         return functional.pcgrad_task_weights(K, reduction=self.options["reduction"], shuffle=self.options["shuffle"],
