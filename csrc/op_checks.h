@@ -4,7 +4,9 @@
 // ever reading out of bounds (they raise RuntimeError through TORCH_CHECK).
 #include <ATen/ATen.h>
 
+#include <cstdint>
 #include <optional>
+#include <utility>
 
 namespace fastmtl {
 
@@ -32,12 +34,31 @@ inline void check_weights(const at::Tensor& grads, const at::Tensor& weights) {
   check_same_device(weights, "weights", grads);
 }
 
+// [first byte, one past the last byte) that a non-empty tensor's elements can occupy.
+inline std::pair<uintptr_t, uintptr_t> byte_span(const at::Tensor& tensor) {
+  int64_t last = 0;  // offset of the last element, in elements (strides are never negative)
+  for (int64_t d = 0; d < tensor.dim(); ++d) last += (tensor.size(d) - 1) * tensor.stride(d);
+  const uintptr_t first = reinterpret_cast<uintptr_t>(tensor.const_data_ptr());
+  return {first, first + static_cast<uintptr_t>((last + 1) * tensor.element_size())};
+}
+
+// The combine kernels read every row of grads while they write out: an out inside grads would
+// be overwritten before it is read (wrong numbers, no error). Checked conservatively on the
+// byte ranges, which also catches views of one buffer through different storages.
+inline void check_out_does_not_overlap(const at::Tensor& grads, const at::Tensor& out) {
+  const auto g = byte_span(grads), o = byte_span(out);
+  TORCH_CHECK(o.second <= g.first || g.second <= o.first,
+              "fastmtl: out overlaps grads in memory (e.g. out is a row or view of grads); the result is written "
+              "while grads is still being read, so out must be a separate tensor");
+}
+
 inline void check_out(const at::Tensor& grads, const at::Tensor& out) {
   TORCH_CHECK(out.dim() == 1 && out.size(0) == grads.size(1), "fastmtl: out must be [P] = [", grads.size(1),
               "], got ", out.sizes());
   TORCH_CHECK(out.scalar_type() == grads.scalar_type(), "fastmtl: out dtype ", out.scalar_type(),
               " differs from grads dtype ", grads.scalar_type());
   check_same_device(out, "out", grads);
+  check_out_does_not_overlap(grads, out);
 }
 
 inline void check_pcgrad_inputs(const at::Tensor& gram, const std::optional<at::Tensor>& order) {
@@ -52,6 +73,16 @@ inline void check_pcgrad_inputs(const at::Tensor& gram, const std::optional<at::
     TORCH_CHECK(order->scalar_type() == at::kLong, "fastmtl: order must be int64, got ", order->scalar_type());
     check_same_device(*order, "order", gram);
   }
+}
+
+inline void check_gram_rescue_inputs(const at::Tensor& grads, const at::Tensor& gram) {
+  check_task_matrix(grads);
+  const int64_t T = grads.size(0);
+  TORCH_CHECK(gram.dim() == 2 && gram.size(0) == T && gram.size(1) == T, "fastmtl: gram must be [T, T] = [", T, ", ",
+              T, "], got ", gram.sizes());
+  TORCH_CHECK(at::isFloatingType(gram.scalar_type()), "fastmtl: gram must be floating-point, got ",
+              gram.scalar_type());
+  check_same_device(gram, "gram", grads);
 }
 
 inline void check_graddrop_inputs(const at::Tensor& grads, const at::Tensor& leak,

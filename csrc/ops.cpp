@@ -8,6 +8,10 @@
 TORCH_LIBRARY(fastmtl, m) {
   // K = G G^T; float32 for half/bfloat16/float32 input, float64 for float64 input.
   m.def("gram(Tensor grads) -> Tensor");
+  // The Gram matrix for the Gram-space weightings, in float64: gram itself when every entry is
+  // finite, else G G^T recomputed in float64 (a float32 gram overflows for |g| ~ 1e19, float64
+  // cannot for float32/half input; NaN/Inf in grads stay non-finite). No host sync on CUDA.
+  m.def("gram_rescue(Tensor grads, Tensor gram) -> Tensor");
   // PCGrad task weights w (sum of the projected gradients = w . G) from the Gram matrix;
   // order[i] is the order in which task i meets the others (None: index order).
   m.def("pcgrad_weights(Tensor gram, Tensor? order) -> Tensor");
@@ -22,6 +26,7 @@ TORCH_LIBRARY(fastmtl, m) {
 
 TORCH_LIBRARY_IMPL(fastmtl, CPU, m) {
   m.impl("gram", &fastmtl::cpu::gram_cpu);
+  m.impl("gram_rescue", &fastmtl::cpu::gram_rescue_cpu);
   m.impl("pcgrad_weights", &fastmtl::cpu::pcgrad_weights_cpu);
   m.impl("combine", &fastmtl::cpu::combine_cpu);
   m.impl("combine_into", &fastmtl::cpu::combine_into_cpu);

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Proves on a machine without a GPU that the CUDA sources compile and link: a separate venv
-# with the CUDA 13 build of torch (DESIGN.md §5) builds the full CUDAExtension out of tree
-# (the CPU build in python/fastmtl is left alone) and imports it. CI runs this on every
-# submission. Usage: bash scripts/check_cuda_build.sh [build-dir]
+# with the CUDA 13 build of torch (docs/design.md "Build and CI") builds the full
+# CUDAExtension out of tree (the CPU build in python/fastmtl is left alone) and imports it.
+# CI runs this on every submission. Usage: bash scripts/check_cuda_build.sh [build-dir]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -41,7 +41,7 @@ import torch
 import fastmtl
 assert fastmtl.HAS_EXT, fastmtl.IMPORT_ERROR
 assert fastmtl.HAS_CUDA, "fastmtl._C was built without CUDA kernels"
-for op in ("gram", "pcgrad_weights", "combine", "combine_into", "graddrop"):
+for op in ("gram", "gram_rescue", "pcgrad_weights", "combine", "combine_into", "graddrop"):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastmtl::{op}", "CUDA"), op
 G = torch.randn(3, 100)
 assert torch.allclose(fastmtl.gram(G), G @ G.T, atol=1e-4)  # the CPU kernels of this build work too

@@ -95,3 +95,93 @@ def test_compiled_equals_reference_on_many_random_cases():
                 a = fastmtl.cluster_tasks(S, n_groups=n_groups, linkage=linkage, impl="cpp")
                 b = fastmtl.cluster_tasks(S, n_groups=n_groups, linkage=linkage, impl="torch")
                 assert torch.equal(a, b)
+
+
+def tied_similarity(T: int, seed: int) -> torch.Tensor:
+    """Symmetric similarities on a grid of 1/8: many exact ties, so the tie rule decides merges."""
+    X = torch.randint(-8, 9, (T, T), generator=torch.Generator().manual_seed(seed)).double() / 8
+    return (X + X.T) / 2
+
+
+def direct_labels(S: torch.Tensor, linkage: str, n_groups=None, threshold=None) -> list[int]:
+    """The clustering rules applied literally (O(T^3)): each merge scans the whole upper triangle
+    of the active clusters for its row-major first maximum (numpy's argmax returns the first),
+    then merges with the same expressions as the kernels, so every merged similarity has the
+    same bits and the labels must be equal, not close."""
+    sim = S.double().numpy().copy()
+    T = len(sim)
+    active = np.ones(T, dtype=bool)
+    size = np.ones(T)
+    cluster_of = np.arange(T)
+    upper = np.triu(np.ones((T, T), dtype=bool), 1)
+    for groups in range(T, 1, -1):
+        if n_groups is not None and groups <= n_groups:
+            break
+        masked = np.where(upper & active[:, None] & active[None, :], sim, -np.inf)
+        a, b = divmod(int(masked.argmax()), T)
+        if threshold is not None and not masked[a, b] >= threshold:
+            break
+        if linkage == "single":
+            merged = np.maximum(sim[a], sim[b])
+        elif linkage == "complete":
+            merged = np.minimum(sim[a], sim[b])
+        else:
+            merged = (size[a] * sim[a] + size[b] * sim[b]) / (size[a] + size[b])
+        others = active.copy()
+        others[[a, b]] = False
+        sim[a, others] = merged[others]
+        sim[others, a] = merged[others]
+        size[a] += size[b]
+        active[b] = False
+        cluster_of[cluster_of == b] = a
+    return canonical(cluster_of)
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+@pytest.mark.parametrize("linkage", ["average", "single", "complete"])
+@pytest.mark.parametrize("T", [64, 200])
+def test_equals_the_direct_algorithm_at_moderate_T(impl, linkage, T):
+    # The O(T^2)-expected search (per-row best partners) must pick exactly the merges of the
+    # literal O(T^3) scan, ties included.
+    for S in (random_similarity(T, T), tied_similarity(T, T)):
+        for n_groups in (1, 2, T // 8, T // 2):
+            labels = fastmtl.cluster_tasks(S, n_groups=n_groups, linkage=linkage, impl=impl)
+            assert labels.tolist() == direct_labels(S, linkage, n_groups=n_groups), n_groups
+        for threshold in (-0.25, 0.0, 0.25, 0.5):
+            labels = fastmtl.cluster_tasks(S, threshold=threshold, linkage=linkage, impl=impl)
+            assert labels.tolist() == direct_labels(S, linkage, threshold=threshold), threshold
+
+
+def test_compiled_equals_reference_on_tied_cases():
+    if not fastmtl.HAS_EXT:
+        pytest.skip("fastmtl._C not built")
+    for seed in range(20):
+        S = tied_similarity(12 + seed, seed)
+        for linkage in ("average", "single", "complete"):
+            for n_groups in (1, 3, 7):
+                a = fastmtl.cluster_tasks(S, n_groups=n_groups, linkage=linkage, impl="cpp")
+                b = fastmtl.cluster_tasks(S, n_groups=n_groups, linkage=linkage, impl="torch")
+                assert torch.equal(a, b), (seed, linkage, n_groups)
+
+
+def test_numpy_numbers_are_accepted():
+    S = random_similarity(6, 0)
+    expected = fastmtl.cluster_tasks(S, n_groups=3)
+    assert torch.equal(fastmtl.cluster_tasks(S, n_groups=np.int64(3)), expected)
+    assert torch.equal(fastmtl.cluster_tasks(S, n_groups=np.int32(3)), expected)
+    assert torch.equal(fastmtl.cluster_tasks(S, threshold=np.float32(0.25)), fastmtl.cluster_tasks(S, threshold=0.25))
+    for bad in (True, np.bool_(True)):
+        with pytest.raises(TypeError, match="n_groups"):
+            fastmtl.cluster_tasks(S, n_groups=bad)
+        with pytest.raises(ValueError, match="threshold"):
+            fastmtl.cluster_tasks(S, threshold=bad)
+    with pytest.raises(ValueError, match="threshold"):
+        fastmtl.cluster_tasks(S, threshold=np.float64("nan"))
+
+
+@pytest.mark.parametrize("impl", ["auto", *ALL_IMPLS])
+def test_impl_cuda_is_refused_not_run_on_the_host(impl):
+    S = random_similarity(5, 1)
+    with pytest.raises(ValueError, match="impl='cuda'"):
+        fastmtl.cluster_tasks(S, n_groups=2, impl="cuda")
+    assert fastmtl.cluster_tasks(S, n_groups=2, impl=impl).tolist() == scipy_labels(S, "average", n_groups=2)

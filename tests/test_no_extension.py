@@ -16,7 +16,9 @@ def test_import_and_ops_without_extension():
         assert not fastmtl.HAS_EXT and not fastmtl.HAS_CUDA
         assert fastmtl.IMPORT_ERROR is not None
         G = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])
-        assert torch.allclose(fastmtl.project_conflicts(G, shuffle=False), torch.tensor([0.5, 1.5]))
+        # Small integers and halves: exact arithmetic, equal bits.
+        assert torch.equal(fastmtl.project_conflicts(G, shuffle=False), torch.tensor([0.5, 1.5]))
+        assert torch.isfinite(fastmtl.project_conflicts(2e19 * torch.randn(3, 100))).all()  # Gram rescue
         assert fastmtl.graddrop(G, leak=1.0).tolist() == [0.0, 1.0]
         assert fastmtl.gram(G).tolist() == [[1.0, -1.0], [-1.0, 2.0]]
         assert fastmtl.cluster_tasks(torch.eye(3), n_groups=2).tolist() == [0, 0, 1]

@@ -17,6 +17,10 @@ def cases():
     yield "gram", (G,)
     yield "gram", (G.double()[:, ::2],)
     yield "gram", (G.half(),)
+    yield "gram_rescue", (G, K)  # finite K: K in float64
+    huge = 2e19 * G
+    yield "gram_rescue", (huge, huge @ huge.T)  # overflowed K: recomputed in float64
+    yield "gram_rescue", (G.bfloat16()[:, ::2], torch.full((4, 4), float("inf")))
     yield "pcgrad_weights", (K, order)
     yield "pcgrad_weights", (K.double(), None)
     yield "combine", (G, torch.rand(4))

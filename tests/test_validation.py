@@ -1,5 +1,6 @@
 """Bad input gets a clear Python exception naming the problem; never a crash or a wrong number."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import ALL_IMPLS
@@ -96,6 +97,67 @@ def test_bad_out_argument():
 
 
 @pytest.mark.parametrize("impl", ALL_IMPLS)
+def test_out_overlapping_G_is_rejected(impl):
+    # The compiled combine wrote out while still reading G: out = G[0] gave errors of 1.76 at
+    # P = 5000. Every impl refuses it, whatever the view.
+    G = torch.randn(5, 5000)
+    column_major = G.T.contiguous().T
+    wide = torch.randn(5, 10_000)
+    cases = [(G, G[0]), (G, G[4]), (G, G.view(-1)[2500:7500]), (column_major, column_major[2]),
+             (wide[:, ::2], wide[2, 1::2])]  # interleaved: disjoint elements, overlapping range (conservative)
+    for grads, out in cases:
+        before = grads.clone()
+        with pytest.raises(ValueError, match="out overlaps G"):
+            functional.combine(grads, torch.ones(5), out=out, impl=impl)
+        with pytest.raises(ValueError, match="out overlaps G"):
+            fastmtl.project_conflicts(grads, out=out, impl=impl)
+        assert torch.equal(grads, before)  # nothing was written
+    out = torch.empty(5000)
+    assert functional.combine(G, torch.ones(5), out=out, impl=impl) is out  # separate memory is fine
+    neighbour = torch.empty(6 * 5000)  # adjacent in one buffer, not overlapping
+    G2, out2 = neighbour[:25_000].view(5, 5000), neighbour[25_000:]
+    G2.copy_(G)
+    functional.combine(G2, torch.ones(5), out=out2, impl=impl)
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+def test_numpy_numbers_are_accepted(impl):
+    G = torch.randn(3, 40)
+    gen = torch.Generator
+    expected = fastmtl.graddrop(G, leak=0.25, generator=gen().manual_seed(1), impl=impl)
+    for leak in (np.float32(0.25), np.float64(0.25), np.float16(0.25)):
+        assert torch.equal(fastmtl.graddrop(G, leak=leak, generator=gen().manual_seed(1), impl=impl), expected)
+    assert torch.equal(fastmtl.graddrop(G, leak=np.int64(1), impl=impl), fastmtl.graddrop(G, leak=1.0, impl=impl))
+    batch_impl = "auto" if impl == "cpp" else impl  # the batch form has no C++ kernel
+    batched = fastmtl.graddrop(G, batch=np.int64(4), generator=gen().manual_seed(2), impl=batch_impl)
+    assert torch.equal(batched, fastmtl.graddrop(G, batch=4, generator=gen().manual_seed(2), impl=batch_impl))
+    assert torch.equal(fastmtl.cosine_similarity(G, eps=np.float32(1e-8), impl=impl),
+                       fastmtl.cosine_similarity(G, eps=float(np.float32(1e-8)), impl=impl))
+    for bad in (True, np.bool_(True)):  # flags are not numbers
+        with pytest.raises(TypeError, match="leak"):
+            fastmtl.graddrop(G, leak=bad, impl=impl)
+        with pytest.raises(ValueError, match="batch"):
+            fastmtl.graddrop(G, batch=bad, impl=impl)
+        with pytest.raises(ValueError, match="eps"):
+            fastmtl.cosine_similarity(G, eps=bad, impl=impl)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        fastmtl.graddrop(G, leak=np.float32("nan"), impl=impl)
+    with pytest.raises(ValueError, match="eps"):
+        fastmtl.cosine_similarity(G, eps=np.float64("nan"), impl=impl)
+
+
+@pytest.mark.parametrize("impl", ["cpp", "cuda"])
+def test_graddrop_batch_refuses_a_compiled_impl(impl):
+    # The feature-level batch form exists only on the reference: impl="cpp"/"cuda" used to run it
+    # silently; now they raise and say which impl runs it.
+    G = torch.randn(3, 40)
+    with pytest.raises(ValueError, match="impl='auto' or impl='torch'"):
+        fastmtl.graddrop(G, batch=4, impl=impl)
+    for ok in ("auto", "torch"):
+        assert fastmtl.graddrop(G, batch=4, impl=ok).shape == (40,)
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
 @pytest.mark.parametrize(
     "S,kwargs,error,message",
     [
@@ -149,6 +211,16 @@ def test_direct_operator_calls_check_their_input():
         ops.cluster_tasks(torch.eye(3), 2, None, "ward")
     with pytest.raises(RuntimeError, match="leak values"):
         ops.graddrop(torch.randn(3, 5), torch.tensor([0.0, 1.5, 0.0]), None, seed)
+    G = torch.randn(4, 50)
+    column_major = G.T.contiguous().T
+    # rows, a view straddling two rows, a strided row of a column-major G
+    for grads, out in ((G, G[0]), (G, G[3]), (G, G.view(-1)[25:75]), (column_major, column_major[1])):
+        with pytest.raises(RuntimeError, match="overlaps grads"):
+            ops.combine_into(grads, torch.ones(4), out)
+    with pytest.raises(RuntimeError, match="gram"):
+        ops.gram_rescue(G, torch.ones(3, 3))
+    with pytest.raises(RuntimeError, match="NaN"):
+        ops.cluster_tasks(torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]]), 1, None, "average")
 
 
 def test_pcgrad_weights_accepts_order_from_the_helper():

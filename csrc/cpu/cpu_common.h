@@ -16,7 +16,8 @@
 
 namespace fastmtl::cpu {
 
-// fp32 accumulation for fp16/bf16/fp32 input, fp64 for fp64 (DESIGN.md §3).
+// fp32 accumulation for fp16/bf16/fp32 input, fp64 for fp64 (docs/design.md, "Accumulation
+// dtypes and non-finite numbers").
 template <typename scalar_t>
 struct AccumulateType {
   using type = float;

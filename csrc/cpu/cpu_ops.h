@@ -10,6 +10,7 @@
 namespace fastmtl::cpu {
 
 at::Tensor gram_cpu(const at::Tensor& grads);
+at::Tensor gram_rescue_cpu(const at::Tensor& grads, const at::Tensor& gram);
 at::Tensor pcgrad_weights_cpu(const at::Tensor& gram, const std::optional<at::Tensor>& order);
 at::Tensor combine_cpu(const at::Tensor& grads, const at::Tensor& weights);
 void combine_into_cpu(const at::Tensor& grads, const at::Tensor& weights, const at::Tensor& out);

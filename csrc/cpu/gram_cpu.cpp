@@ -114,4 +114,17 @@ at::Tensor gram_cpu(const at::Tensor& grads_in) {
   return K;
 }
 
+at::Tensor gram_rescue_cpu(const at::Tensor& grads, const at::Tensor& gram) {
+  check_gram_rescue_inputs(grads, gram);
+  const int64_t T = grads.size(0);
+  at::Tensor out = at::empty({T, T}, gram.options().dtype(at::kDouble));
+  out.copy_(gram);
+  if (!at::isfinite(gram).all().item<bool>()) {  // a host read of a CPU tensor: no device sync
+    const at::Tensor X = grads.to(at::kDouble);
+    const at::Tensor K = at::mm(X, X.t());
+    out.copy_(at::triu(K) + at::triu(K, 1).t());  // exactly symmetric, like the Gram kernels
+  }
+  return out;
+}
+
 }  // namespace fastmtl::cpu

@@ -11,7 +11,8 @@
 
 namespace fastmtl::cuda {
 
-// fp32 accumulation for half/bfloat16/float32, fp64 for float64 (DESIGN.md §3).
+// fp32 accumulation for half/bfloat16/float32, fp64 for float64 (docs/design.md, "Accumulation
+// dtypes and non-finite numbers").
 template <typename scalar_t>
 using acc_type = at::opmath_type<scalar_t>;
 

@@ -4,6 +4,7 @@
 // for small T, slices of the tile) and accumulate dot products in registers. Per-block
 // partial sums go to a workspace that a second kernel reduces in block order: the result is
 // deterministic on a given device. T > kMaxTasks falls back to a cuBLAS matmul.
+// gram_rescue: the float64 Gram for the weightings when the float32 one overflowed (below).
 #include <torch/library.h>
 
 #include "cuda/cuda_utils.cuh"
@@ -156,7 +157,59 @@ at::Tensor gram_cuda(const at::Tensor& grads_in) {
   return K;
 }
 
+// gram_rescue's pass. out already holds K in float64; `finite` (on the device: no host sync)
+// says whether K is entirely finite, and then every block exits at once. Otherwise K overflowed
+// (or G holds NaN/Inf) and out becomes G G^T in float64: one block per pair i <= j, a float64
+// dot product tree-reduced in shared memory in a fixed order, mirrored so out is exactly
+// symmetric. The rare path, written for clarity rather than speed.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    gram_rescue_kernel(const scalar_t* __restrict__ G, int64_t T, int64_t P, int64_t row_stride,
+                       const bool* __restrict__ finite, double* __restrict__ out) {
+  if (*finite) return;
+  __shared__ double partial[kThreads];
+  for (int64_t p = blockIdx.x; p < T * T; p += gridDim.x) {
+    const int64_t i = p / T, j = p % T;
+    if (j < i) continue;  // uniform across the block: every thread skips the pair together
+    const scalar_t* xi = G + i * row_stride;
+    const scalar_t* xj = G + j * row_stride;
+    double sum = 0;
+    for (int64_t c = threadIdx.x; c < P; c += blockDim.x) {
+      sum += static_cast<double>(xi[c]) * static_cast<double>(xj[c]);
+    }
+    partial[threadIdx.x] = sum;
+    __syncthreads();
+    for (int half = kThreads / 2; half > 0; half /= 2) {
+      if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) out[i * T + j] = out[j * T + i] = partial[0];
+    __syncthreads();  // partial is reused by the block's next pair
+  }
+}
+
+at::Tensor gram_rescue_cuda(const at::Tensor& grads_in, const at::Tensor& gram) {
+  check_gram_rescue_inputs(grads_in, gram);
+  check_cuda(grads_in, "grads");
+  const at::cuda::OptionalCUDAGuard guard(grads_in.device());
+  const at::Tensor grads = rows_contiguous(grads_in);
+  const int64_t T = grads.size(0), P = grads.size(1);
+  at::Tensor out = at::empty({T, T}, gram.options().dtype(at::kDouble));
+  out.copy_(gram);
+  const at::Tensor finite = at::isfinite(gram).all();  // a device scalar, read by the kernel
+  const int blocks = static_cast<int>(blocks_for(T * T, 1));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads.scalar_type(), "fastmtl_gram_rescue_cuda", [&] {
+    gram_rescue_kernel<scalar_t><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        grads.const_data_ptr<scalar_t>(), T, P, grads.stride(0), finite.const_data_ptr<bool>(), out.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace fastmtl::cuda
 
-TORCH_LIBRARY_IMPL(fastmtl, CUDA, m) { m.impl("gram", &fastmtl::cuda::gram_cuda); }
+TORCH_LIBRARY_IMPL(fastmtl, CUDA, m) {
+  m.impl("gram", &fastmtl::cuda::gram_cuda);
+  m.impl("gram_rescue", &fastmtl::cuda::gram_rescue_cuda);
+}

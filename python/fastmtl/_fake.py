@@ -13,6 +13,12 @@ def _gram_fake(grads):
     return grads.new_empty((tasks, tasks), dtype=accumulate_dtype(grads.dtype))
 
 
+@torch.library.register_fake("fastmtl::gram_rescue")
+def _gram_rescue_fake(grads, gram):
+    tasks = grads.shape[0]
+    return grads.new_empty((tasks, tasks), dtype=torch.float64)
+
+
 @torch.library.register_fake("fastmtl::pcgrad_weights")
 def _pcgrad_weights_fake(gram, order):
     return gram.new_empty((gram.shape[0],))

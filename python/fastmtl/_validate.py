@@ -4,6 +4,7 @@ argument and the problem. None of them reads tensor values from a CUDA device (n
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -11,6 +12,27 @@ from fastmtl._numerics import accumulate_dtype
 
 IMPLS = ("auto", "cpp", "cuda", "torch")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def is_bool(value) -> bool:
+    """bool or numpy.bool_: flags, never numbers here (True would pass as 1). numpy.bool_ is not
+    registered as a number today; checked by name too so that this never depends on it."""
+    kind = type(value)
+    return isinstance(value, bool) or (kind.__module__ == "numpy" and kind.__name__ in ("bool_", "bool"))
+
+
+def real(value, name: str, what: str = "a number") -> float:
+    """A real number (int, float, numpy scalar...: numbers.Real) as a Python float; bool rejected."""
+    if is_bool(value) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
+    return float(value)
+
+
+def integer(value, name: str, what: str = "an int") -> int:
+    """An integer (int, numpy integer...: numbers.Integral) as a Python int; bool rejected."""
+    if is_bool(value) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
+    return int(value)
 
 
 def task_matrix(G, name: str = "G") -> torch.Tensor:
@@ -60,11 +82,10 @@ def leak_vector(leak, G: torch.Tensor) -> torch.Tensor:
         if leak.device.type == "cpu" and not bool(((leak >= 0) & (leak <= 1)).all()):
             raise ValueError(f"leak values must lie in [0, 1], got {leak.tolist()}")
         return leak.to(acc_dtype)
-    if isinstance(leak, bool) or not isinstance(leak, (int, float)):
-        raise TypeError(f"leak must be a float in [0, 1] or a [T] tensor, got {type(leak).__name__}")
-    if not (0.0 <= float(leak) <= 1.0):  # also rejects NaN
+    leak = real(leak, "leak", "a float in [0, 1] or a [T] tensor")
+    if not (0.0 <= leak <= 1.0):  # also rejects NaN
         raise ValueError(f"leak must lie in [0, 1], got {leak}")
-    return torch.full((tasks,), float(leak), dtype=acc_dtype, device=G.device)
+    return torch.full((tasks,), leak, dtype=acc_dtype, device=G.device)
 
 
 def similarity_matrix(S) -> torch.Tensor:
@@ -85,22 +106,48 @@ def similarity_matrix(S) -> torch.Tensor:
     return S
 
 
-def clustering_target(n_groups, threshold, tasks: int):
+def clustering_target(n_groups, threshold, tasks: int) -> tuple[int | None, float | None]:
+    """(n_groups, threshold) as Python numbers, exactly one of them given."""
     if (n_groups is None) == (threshold is None):
         raise ValueError("give exactly one of n_groups (number of groups) and threshold (minimum similarity to merge)")
     if n_groups is not None:
-        if isinstance(n_groups, bool) or not isinstance(n_groups, int):
-            raise TypeError(f"n_groups must be an int, got {type(n_groups).__name__}")
+        n_groups = integer(n_groups, "n_groups")
         if not 1 <= n_groups <= tasks:
             raise ValueError(f"n_groups must lie in [1, T] = [1, {tasks}], got {n_groups}")
-    elif isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        return n_groups, None
+    if is_bool(threshold) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
         raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+    return None, float(threshold)
 
 
 def positive(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+    if is_bool(value) or not isinstance(value, numbers.Real) or not value > 0 or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
+
+
+def batch_size(batch, columns: int) -> int:
+    """GradDrop's batch: a positive integer dividing the P columns."""
+    if is_bool(batch) or not isinstance(batch, numbers.Integral) or batch < 1 or columns % int(batch):
+        raise ValueError(f"batch must be a positive int dividing P = {columns}, got {batch!r}")
+    return int(batch)
+
+
+def no_overlap(out: torch.Tensor, G: torch.Tensor, name: str = "out") -> None:
+    """``out`` must not share memory with G: the kernels write it while they still read G (an
+    out = G[0] gave wrong numbers). Conservative: any intersection of the byte ranges the two
+    tensors' elements can occupy counts, whatever their storages. Reads no tensor values."""
+    if out.device.type == "meta" or torch.compiler.is_compiling():  # no addresses to compare
+        return
+
+    def span(t: torch.Tensor) -> tuple[int, int]:
+        last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+        return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+
+    (o_first, o_end), (g_first, g_end) = span(out), span(G)
+    if o_first < g_end and g_first < o_end:
+        raise ValueError(f"{name} overlaps G in memory (e.g. {name} is a row or view of G); it must be a separate "
+                         "tensor, since it is written while G is still being read")
 
 
 def choice(value, options, name: str):

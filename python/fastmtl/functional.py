@@ -6,6 +6,9 @@ compiled kernels or on the pure-PyTorch reference according to ``impl``:
 * ``"cuda"``  the CUDA kernels (CUDA tensors; errors if the extension has none);
 * ``"torch"`` the pure-PyTorch reference, on any device.
 
+An ``impl`` that cannot run an op (graddrop's ``batch=`` form has only the reference,
+cluster_tasks has no CUDA kernel) raises instead of silently running another path.
+
 Every op is a pure function of its inputs (and of ``generator`` where it draws random numbers).
 Apart from cluster_tasks (a host op by nature), no op reads a tensor value back from a GPU.
 """
@@ -50,13 +53,36 @@ def gram(G: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
     return reference.gram(G)
 
 
+def gram_for_weights(G: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
+    """The Gram matrix K = G Gᵀ for the Gram-space weightings (PCGrad, MGDA, Nash-MTL, ...):
+    ``gram(G)``, recomputed in float64 when it is not finite.
+
+    Finite float32 gradients overflow a float32 K once a row's Σ_p g_ip² passes 3.4e38 (entries
+    of order 1e19 / √P), and the weights would all be NaN where the plain sum is finite. A float64 K
+    cannot overflow for float32, bfloat16 or float16 input. NaN/Inf in G itself leave K
+    non-finite (the documented NaN policy). dtype: on the CPU, gram(G)'s unless recomputed
+    (decided by reading the T x T CPU tensor); on CUDA and under torch.compile the choice is made
+    on the device with no host sync (fastmtl::gram_rescue), so K is float64 there. float64 input
+    gets gram(G) as it is (nothing wider to recompute in).
+    """
+    G = _validate.task_matrix(G)
+    K = gram(G, impl=impl)
+    if K.dtype == torch.float64:  # nothing wider to recompute in
+        return K
+    if G.device.type == "cpu" and not torch.compiler.is_compiling():  # reading K costs no device sync
+        return K if bool(torch.isfinite(K).all()) else reference.gram(G.double())
+    if use_extension(impl, G):
+        return torch.ops.fastmtl.gram_rescue(G, K)
+    return reference.gram_rescue(G, K)
+
+
 def cosine_similarity(G: torch.Tensor, *, eps: float = 1e-8, impl: str = "auto") -> torch.Tensor:
     """Pairwise cosine similarities [T, T] of the task gradients:
     K_ij / (max(|g_i|, eps) max(|g_j|, eps)), as torch.nn.functional.cosine_similarity.
 
     A task with zero gradient has cosine 0 with every task (itself included), never NaN.
     """
-    eps = _validate.positive(eps, "eps")
+    eps = _validate.positive(eps, "eps")  # any real number type (numpy scalars too); NaN rejected
     return _numerics.cosine_from_gram(gram(G, impl=impl), eps)
 
 
@@ -75,7 +101,9 @@ def pcgrad_weights(
     """PCGrad task weights w from the Gram matrix K [T, T]: sum_i g_iᴾᶜ = w · G (exact).
 
     ``order`` [T, T] int64: row i is the order in which task i is projected against the others
-    (None: index order). A non-finite K gives NaN weights.
+    (None: index order). A non-finite K gives NaN weights. w has K's dtype (a float64 K, e.g.
+    from gram_for_weights, gives float64 weights; combine accepts them for any G).
+    Solved in float64 in O(T · projections): a pair without conflict costs O(1).
     """
     if use_extension(impl, K):
         return torch.ops.fastmtl.pcgrad_weights(K, order)
@@ -83,16 +111,27 @@ def pcgrad_weights(
 
 
 def combine(G: torch.Tensor, weights: torch.Tensor, *, out: torch.Tensor | None = None, impl: str = "auto"):
-    """w · G in one pass over G, in G's dtype; written into ``out`` [P] when given."""
+    """w · G in one pass over G, in G's dtype; written into ``out`` [P] when given.
+
+    ``weights`` may have any floating dtype (they are cast to G's accumulation dtype).
+    ``out`` must not overlap G in memory (ValueError): it is written while G is read.
+    """
     G = _validate.task_matrix(G)
+    if not isinstance(weights, torch.Tensor):
+        raise TypeError(f"weights must be a [T] tensor, got {type(weights).__name__}")
+    if not weights.is_floating_point():
+        raise TypeError(f"weights must have a floating-point dtype, got {weights.dtype}")
     if weights.shape != (G.shape[0],):
         raise ValueError(f"weights must have shape [T] = [{G.shape[0]}], got {tuple(weights.shape)}")
     if weights.device != G.device:
         raise ValueError(f"weights are on {weights.device} but G is on {G.device}")
     if out is not None:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"out must be a [P] tensor or None, got {type(out).__name__}")
         if out.shape != (G.shape[1],):
             raise ValueError(f"out must have shape [P] = [{G.shape[1]}], got {tuple(out.shape)}")
         _validate.same_device_and_dtype(out, G, "out")
+        _validate.no_overlap(out, G)
     if use_extension(impl, G):
         if out is None:
             return torch.ops.fastmtl.combine(G, weights)
@@ -117,11 +156,13 @@ def project_conflicts(
     g_iᴾᶜ -= (g_iᴾᶜ·g_j / |g_j|²) g_j whenever g_iᴾᶜ·g_j < 0, always against the ORIGINAL g_j.
     Returns sum_i g_iᴾᶜ (``reduction="mean"``: divided by T). Computed exactly in Gram space:
     one read of G for K, a T×T solve, one read of G for w·G. Zero-gradient tasks are skipped.
-    Any NaN/Inf in G makes the whole result NaN (the projections are undefined).
+    K comes from gram_for_weights: huge but finite gradients (|g| ~ 1e19 in float32) give a
+    finite result. Any NaN/Inf in G makes the whole result NaN (the projections are undefined).
+    ``out`` must not overlap G in memory.
     """
     G = _validate.task_matrix(G)
-    weights = pcgrad_task_weights(gram(G, impl=impl), reduction=reduction, shuffle=shuffle, generator=generator,
-                                  impl=impl)
+    weights = pcgrad_task_weights(gram_for_weights(G, impl=impl), reduction=reduction, shuffle=shuffle,
+                                  generator=generator, impl=impl)
     return combine(G, weights, out=out, impl=impl)
 
 
@@ -154,11 +195,15 @@ def graddrop(
     ``batch`` (feature-level form, Alg. 1 of the paper): G's columns are ``batch`` x F
     activation gradients, batch-major; purity and masks come from the sign-corrected gradients
     summed over the batch and apply to every batch element (pure-PyTorch path).
+    This form has no compiled kernel: impl "cpp" or "cuda" with ``batch`` raise a ValueError
+    ("auto" and "torch" run the reference).
     U comes from a Philox stream seeded from ``generator``: a seeded call is reproducible and
-    draws the same masks on every ``impl`` (results agree to the last bit of rounding). NaN/Inf in G or NaN in ``signs`` propagate to the
-    affected coordinates.
+    draws the same masks on every ``impl`` (results agree to the last bit of rounding). NaN/Inf in
+    G or NaN in ``signs`` propagate to the affected coordinates. ``leak`` and ``batch`` accept any
+    real / integral number type (numpy scalars too), not bool.
     """
     G = _validate.task_matrix(G)
+    _validate.choice(impl, _validate.IMPLS, "impl")
     leak_t = _validate.leak_vector(leak, G)
     if signs is not None:
         if not isinstance(signs, torch.Tensor):
@@ -170,9 +215,10 @@ def graddrop(
     generator = _validate.generator_for(generator, G.device)
     seed = torch.randint(0, 2**62, (2,), generator=generator, device=G.device, dtype=torch.int64)
     if batch is not None:
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1 or G.shape[1] % batch:
-            raise ValueError(f"batch must be a positive int dividing P = {G.shape[1]}, got {batch!r}")
-        _validate.choice(impl, _validate.IMPLS, "impl")
+        batch = _validate.batch_size(batch, G.shape[1])
+        if impl in ("cpp", "cuda"):
+            raise ValueError(f"graddrop(batch=...) has no compiled kernel, so impl={impl!r} cannot run it; "
+                             "it runs on the pure-PyTorch reference: use impl='auto' or impl='torch'")
         uniform = reference.philox_uniform(seed, G.shape[1] // batch)
         return reference.graddrop_batched(G, leak_t, signs, uniform, batch)
     if use_extension(impl, G):
@@ -194,15 +240,20 @@ def cluster_tasks(
     similarity is at least ``threshold`` (give exactly one). ``linkage``: "average" (UPGMA mean),
     "single" (max) or "complete" (min). Deterministic (ties: the first pair in index order).
     Returns int64 labels [T] numbered 0, 1, ... by each group's first task, on S's device.
-    Runs on the host (S is copied to the CPU): clustering is not a hot-path op.
+    Runs on the host (S is copied to the CPU): clustering is not a hot-path op. ``impl``: "auto"
+    (the C++ kernel when built, else the reference), "cpp" or "torch"; there is no CUDA kernel, so
+    impl="cuda" raises a ValueError. Expected O(T²) time (T = 1024 in well under a second).
+    ``n_groups`` and ``threshold`` accept any integral / real number type (numpy scalars too).
     """
     device = S.device if isinstance(S, torch.Tensor) else None
+    _validate.choice(impl, _validate.IMPLS, "impl")
+    if impl == "cuda":
+        raise ValueError("cluster_tasks has no CUDA kernel, so impl='cuda' cannot run it; it runs on the host: "
+                         "use impl='auto', 'cpp' (the C++ kernel) or 'torch' (the reference)")
     S = _validate.similarity_matrix(S)
-    _validate.clustering_target(n_groups, threshold, S.shape[0])
+    n_groups, threshold = _validate.clustering_target(n_groups, threshold, S.shape[0])
     _validate.choice(linkage, ("average", "single", "complete"), "linkage")
-    threshold = None if threshold is None else float(threshold)
-    # S is on the host now; clustering has only the C++ kernel, so "cuda" runs that one too.
-    if use_extension("cpp" if impl == "cuda" else impl, S):
+    if use_extension(impl, S):  # S is on the host now
         labels = torch.ops.fastmtl.cluster_tasks(S, n_groups, threshold, linkage)
     else:
         labels = reference.cluster_tasks(S, n_groups, threshold, linkage)

@@ -29,38 +29,48 @@ FASTMTL_HOST_DEVICE inline bool all_finite(const k_t* K, int64_t T) {
   return finite;
 }
 
-// Exact PCGrad in Gram space (DESIGN.md §1), for one task i. The projected gradient
-// g_i^PC = sum_k a_k g_k is kept as its coefficients a, starting at e_i; for each j != i in
-// order, d = (a K)_j and a_j -= d / K_jj when d < 0 (always against the original g_j).
+// Exact PCGrad in Gram space (docs/design.md, "Gram-space PCGrad"), for one task i. The projected
+// gradient g_i^PC = sum_k a_k g_k is kept as its coefficients a, starting at e_i, together with
+// v = a K (v_j = g_i^PC . g_j). For each j != i in order: when v_j < 0, a_j -= v_j / K_jj and
+// v -= (v_j / K_jj) K_j (always against the original g_j). A pair without conflict costs O(1)
+// and a projection O(T) (one row of K), instead of O(T) per pair for recomputing a K_:j.
 //   K          T x T Gram matrix, row-major, contiguous (any floating type; maths in acc_t)
 //   order_row  the order in which task i meets the others (entries equal to i, or outside
 //              [0, T), are skipped), or nullptr for index order
-//   a          output: T coefficients
-// Tasks are independent: the CUDA kernel runs one task per thread.
+//   a, v       output / scratch: T coefficients and T dot products, element k at [k * stride]
+//              (the CUDA kernel interleaves the tasks' vectors so that a warp's accesses coalesce)
+// Tasks are independent: the CPU kernel runs them in parallel, the CUDA kernel one per thread.
 template <typename acc_t, typename k_t, typename index_t>
 FASTMTL_HOST_DEVICE inline void pcgrad_project_task(const k_t* K, int64_t T, const index_t* order_row, int64_t i,
-                                                    acc_t* a) {
-  for (int64_t k = 0; k < T; ++k) a[k] = acc_t(k == i);
+                                                    acc_t* a, acc_t* v, int64_t stride) {
+  for (int64_t k = 0; k < T; ++k) {
+    a[k * stride] = acc_t(k == i);
+    v[k * stride] = static_cast<acc_t>(K[i * T + k]);
+  }
   for (int64_t step = 0; step < T; ++step) {
     const int64_t j = order_row ? static_cast<int64_t>(order_row[step]) : step;
     if (j == i || j < 0 || j >= T) continue;
-    acc_t dot = 0;  // (g_i^PC . g_j) = sum_k a_k K_kj
-    for (int64_t k = 0; k < T; ++k) dot += a[k] * static_cast<acc_t>(K[k * T + j]);
-    a[j] -= projection_coefficient(dot, static_cast<acc_t>(K[j * T + j]));
+    const acc_t c = projection_coefficient(v[j * stride], static_cast<acc_t>(K[j * T + j]));
+    if (c == acc_t(0)) continue;  // no conflict: nothing changes
+    a[j * stride] -= c;
+    const k_t* K_j = K + j * T;  // v_k -= c K_jk: the change of g_i^PC . g_k
+    for (int64_t k = 0; k < T; ++k) v[k * stride] -= c * static_cast<acc_t>(K_j[k]);
   }
 }
 
 // The PCGrad weights w (sum_i g_i^PC = w . G) for all tasks; order is T x T (row i = task i's
 // order) or nullptr. A non-finite K makes every weight NaN so the failure is visible downstream.
-//   a  scratch of T;  w  output of T
+//   scratch  2 T values;  w  output of T
 template <typename acc_t, typename index_t>
-FASTMTL_HOST_DEVICE inline void pcgrad_solve(const acc_t* K, int64_t T, const index_t* order, acc_t* a,
+FASTMTL_HOST_DEVICE inline void pcgrad_solve(const acc_t* K, int64_t T, const index_t* order, acc_t* scratch,
                                              acc_t* w) {
   const bool finite = all_finite(K, T);
   for (int64_t k = 0; k < T; ++k) w[k] = finite ? acc_t(0) : acc_t(0) / acc_t(0);
   if (!finite) return;
+  acc_t* a = scratch;
+  acc_t* v = scratch + T;
   for (int64_t i = 0; i < T; ++i) {
-    pcgrad_project_task(K, T, order ? order + i * T : nullptr, i, a);
+    pcgrad_project_task(K, T, order ? order + i * T : static_cast<const index_t*>(nullptr), i, a, v, 1);
     for (int64_t k = 0; k < T; ++k) w[k] += a[k];
   }
 }
