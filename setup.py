@@ -46,7 +46,10 @@ def extension_modules():
     include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")]
     # -fopenmp: at::parallel_for is a header template; without it the pragma is ignored and
     # every kernel runs on one thread.
-    extra = {"cxx": ["-O3", "-fopenmp", "-Wno-psabi", *defines]}
+    # -ffp-contract=off: no fused multiply-adds the source does not ask for (GCC fuses by default
+    # where the target has FMA), so the clustering's linkage arithmetic rounds exactly as the torch
+    # reference does and tied merges pick the same pair on every machine.
+    extra = {"cxx": ["-O3", "-fopenmp", "-ffp-contract=off", "-Wno-psabi", *defines]}
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         # The CUDA build of torch ships the CUDA library headers (cusparse.h, ...) in its nvidia wheels.

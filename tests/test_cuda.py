@@ -70,7 +70,7 @@ def test_gram_non_contiguous_and_unaligned(layout):
     assert_within(fastmtl.gram(G, impl="cuda"), (G.double() @ G.double().T).cpu(), bound, layout)
 
 
-@pytest.mark.parametrize("T", [1, 2, 5, 16, 70])
+@pytest.mark.parametrize("T", [1, 2, 5, 16, 70, 257, 1024])  # past one block of 256 threads too
 def test_pcgrad_weights_match_cpu(T):
     G = random_gradients(T, 500, seed=T, dtype=torch.float64)
     K = G @ G.T

@@ -20,9 +20,14 @@ IMPLS = ["auto", *COMPILED_IMPLS, "torch"]
 
 
 def seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -49,7 +54,7 @@ def test_pcgrad_solve_pays_per_projection_not_per_pair(impl):
     assert torch.equal(functional.pcgrad_weights(K, None, impl=impl), torch.ones(T, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("impl,T,limit", [*[pytest.param(p.values[0], 4096, 5, marks=p.marks) for p in COMPILED_IMPLS],
+@pytest.mark.parametrize("impl,T,limit", [*[pytest.param(p.values[0], 4096, 8, marks=p.marks) for p in COMPILED_IMPLS],
                                           ("torch", 2048, 10)])
 def test_clustering_is_not_cubic(impl, T, limit):
     # Measured 0.8 s (C++, T = 4096) and 0.5 s (reference, T = 2048) on 2 cores; the old O(T^3)

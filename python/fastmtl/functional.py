@@ -103,8 +103,20 @@ def pcgrad_weights(
     ``order`` [T, T] int64: row i is the order in which task i is projected against the others
     (None: index order). A non-finite K gives NaN weights. w has K's dtype (a float64 K, e.g.
     from gram_for_weights, gives float64 weights; combine accepts them for any G).
-    Solved in float64 in O(T · projections): a pair without conflict costs O(1).
+    The C++/CUDA solve runs in float64 in O(T · projections) (a pair without conflict costs
+    O(1)); the torch reference in O(T⁴ / 128) (one T×T matmul per block of 128 steps).
     """
+    if not isinstance(K, torch.Tensor) or not K.is_floating_point() or K.dim() != 2 or K.shape[0] != K.shape[1] \
+            or K.shape[0] == 0:
+        raise ValueError(f"K must be a non-empty square [T, T] floating-point tensor, got "
+                         f"{getattr(K, 'dtype', type(K).__name__)} of shape {tuple(getattr(K, 'shape', ()))}")
+    if order is not None:
+        if not isinstance(order, torch.Tensor) or order.dtype != torch.int64 or order.shape != K.shape:
+            raise ValueError(f"order must be an int64 [T, T] = {list(K.shape)} tensor or None, got "
+                             f"{getattr(order, 'dtype', type(order).__name__)} of shape "
+                             f"{tuple(getattr(order, 'shape', ()))}")
+        if order.device != K.device:
+            raise ValueError(f"order is on {order.device} but K is on {K.device}")
     if use_extension(impl, K):
         return torch.ops.fastmtl.pcgrad_weights(K, order)
     return reference.pcgrad_weights(K, order)

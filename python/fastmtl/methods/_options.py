@@ -5,22 +5,16 @@ option and the method."""
 from __future__ import annotations
 
 import math
-import numbers
 
-import numpy as np
 import torch
 
-
-def _is_bool(value) -> bool:
-    return isinstance(value, (bool, np.bool_))  # a number to Python, never a number option here
+from fastmtl import _validate
 
 
 def real(method: str, name: str, value, *, low: float | None = None, high: float | None = None,
          low_open: bool = False) -> float:
     """A finite real number in [low, high] (low excluded when ``low_open``)."""
-    if _is_bool(value) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{method}: {name} must be a real number, got {type(value).__name__}")
-    value = float(value)
+    value = _validate.real(value, f"{method}: {name}", "a real number")
     if not math.isfinite(value):
         raise ValueError(f"{method}: {name} must be finite, got {value!r}")
     if low is not None and (value <= low if low_open else value < low):
@@ -31,15 +25,14 @@ def real(method: str, name: str, value, *, low: float | None = None, high: float
 
 
 def integer(method: str, name: str, value, *, low: int = 1) -> int:
-    if _is_bool(value) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{method}: {name} must be an int, got {type(value).__name__}")
+    value = _validate.integer(value, f"{method}: {name}")
     if value < low:
         raise ValueError(f"{method}: {name} must be an int >= {low}, got {value!r}")
-    return int(value)
+    return value
 
 
 def flag(method: str, name: str, value) -> bool:
-    if not _is_bool(value):
+    if not _validate.is_bool(value):
         raise TypeError(f"{method}: {name} must be True or False, got {value!r}")
     return bool(value)
 
