@@ -10,7 +10,7 @@ Importing never fails when the compiled extension is absent: ``fastmtl.HAS_EXT``
 the C++/CUDA kernels are in use; otherwise the pure-PyTorch reference runs.
 """
 
-from fastmtl import methods
+from fastmtl import methods, metrics
 from fastmtl._ext import HAS_CUDA, HAS_EXT, IMPORT_ERROR, build_info
 from fastmtl.functional import cluster_tasks, cosine_similarity, gram, graddrop, project_conflicts
 from fastmtl.losses import GO4Align, cosreg_penalty
