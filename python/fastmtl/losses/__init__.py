@@ -1,6 +1,10 @@
-"""Losses built from the task losses: CosReg's penalty and GO4Align's weighting."""
+"""Losses built from the task losses: CosReg's penalty, GO4Align's weighting, and worst-group
+training (regularised MTL, JTT, Group DRO, selection by worst-group accuracy)."""
 
 from fastmtl.losses.cosreg import cosreg_penalty
 from fastmtl.losses.go4align import GO4Align, kmeans_1d
+from fastmtl.losses.worst_group import (ActivationL1, GroupDRO, RegularizedMTL, WorstGroupSelection,
+                                        activation_l1, jtt_error_set, jtt_sampler, jtt_weights)
 
-__all__ = ["GO4Align", "cosreg_penalty", "kmeans_1d"]
+__all__ = ["ActivationL1", "GO4Align", "GroupDRO", "RegularizedMTL", "WorstGroupSelection", "activation_l1",
+           "cosreg_penalty", "jtt_error_set", "jtt_sampler", "jtt_weights", "kmeans_1d"]
