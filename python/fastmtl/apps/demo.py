@@ -15,8 +15,8 @@ import torch
 
 import fastmtl
 from fastmtl.apps import extras
-from fastmtl.apps.datasets import multi_digits
 from fastmtl.apps.plots import plot_history
+from fastmtl.datasets import multi_digits
 
 
 class SharedNet(torch.nn.Module):
