@@ -4,6 +4,8 @@
     python -m fastmtl info                      how the extension was built, torch, threads
     python -m fastmtl bench [--full] [--json PATH] [-T 2,8] [-P 1e5,1e6]
                                                 benchmarks vs peers, then the comparison table
+    python -m fastmtl experiment NAME [--quick] [--seeds N] [--out DIR]
+                                                a seed paper's offline experiment: JSON + plot
 
 Each command is a (help, add_arguments or None, run) entry in COMMANDS. demo and bench are
 applications (fastmtl.apps); each checks its extra (``pip install 'fastmtl[demo]'``,
@@ -17,6 +19,7 @@ import sys
 
 from fastmtl.apps import demo
 from fastmtl.apps.bench import command as bench
+from fastmtl.apps.experiments import runner as experiment
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -36,6 +39,8 @@ COMMANDS = {
              demo.add_arguments, demo.run),
     "info": ("print how fastmtl was built, the torch version and thread count", None, _info),
     "bench": ("time fastmtl against peers and print the comparison table", bench.add_arguments, bench.run),
+    "experiment": ("run a seed paper's offline experiment; write NAME.json and NAME.png", experiment.add_arguments,
+                   experiment.run),
 }
 
 
