@@ -1,0 +1,58 @@
+"""The experiment runner on a toy experiment: the JSON's shape (one value per seed for every arm
+and metric), the summary hook, the table, the plot and bad arguments."""
+
+import json
+
+import pytest
+
+from fastmtl.apps.experiments import registry, runner
+
+pytest.importorskip("tqdm")
+
+
+def toy_run(config, seed, progress):
+    results = {}
+    for index, arm in enumerate(("plain", "surgery")):
+        results[arm] = {"acc": 0.5 + 0.1 * index + 0.01 * seed * config["scale"], "step_ms": 1.0 + index}
+        progress(arm)
+    return results
+
+
+TOY = registry.Experiment(
+    name="toy", description="a toy", run=toy_run, arms=("plain", "surgery"), metrics=("acc", "step_ms"),
+    default_seeds=3, full_config={"scale": 1.0}, quick_config={"scale": 2.0},
+    summary=lambda output: {"best": max(output["arms"], key=lambda arm: sum(output["arms"][arm]["acc"]))})
+
+
+def test_results_hold_one_value_per_seed_for_every_arm_and_metric():
+    output = runner.run_experiment(TOY, quick=False, seeds=None)
+    assert output["config"] == {"scale": 1.0, "quick": False, "seeds": 3}
+    assert output["arms"]["plain"]["acc"] == pytest.approx([0.5, 0.51, 0.52])
+    assert output["arms"]["surgery"]["step_ms"] == [2.0, 2.0, 2.0]
+    assert output["summary"] == {"best": "surgery"}
+    quick = runner.run_experiment(TOY, quick=True, seeds=2)
+    assert quick["config"]["scale"] == 2.0 and quick["arms"]["plain"]["acc"] == pytest.approx([0.5, 0.52])
+    table = runner.format_table(output)
+    assert "| plain | 0.51 ± 0.01 | 1 ± 0 |" in table
+    with pytest.raises(ValueError, match="seeds"):
+        runner.run_experiment(TOY, quick=True, seeds=0)
+
+
+def test_an_arm_without_results_is_an_error():
+    broken = registry.Experiment(name="broken", description="", run=lambda c, s, p: {"plain": {"acc": 1.0}},
+                                 arms=("plain", "surgery"), metrics=("acc",), default_seeds=1)
+    with pytest.raises(RuntimeError, match="surgery"):
+        runner.run_experiment(broken, quick=True, seeds=1)
+
+
+def test_the_command_writes_json_and_plot(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setitem(registry.EXPERIMENTS, "toy", TOY)
+    args = type("Args", (), {"name": "toy", "quick": True, "seeds": 1, "out": str(tmp_path)})()
+    assert runner.run(args) == 0
+    saved = json.loads((tmp_path / "toy.json").read_text())
+    assert set(saved) == {"arms", "config", "summary", "seconds"}
+    assert saved["arms"]["surgery"]["acc"] == pytest.approx([0.6])
+    assert (tmp_path / "toy.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="registered already"):
+        registry.register(TOY)
