@@ -18,9 +18,11 @@ def plot_arms(output: dict, title: str, path: Path) -> Path | None:
     arms = output["arms"]
     names = list(arms)
     metrics = list(arms[names[0]])
-    fig, axes = plt.subplots(1, len(metrics), figsize=(max(4.0, 0.45 * len(names) + 1.5) * len(metrics), 4),
-                             squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    width = max(4.0, 0.45 * len(names) + 1.5)
+    stacked = len(names) > 8  # many arms: one wide panel per row, not a row of wide panels
+    rows, columns = (len(metrics), 1) if stacked else (1, len(metrics))
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, 4 * rows), squeeze=False)
+    for ax, metric in zip(axes.reshape(-1), metrics):
         means = [sum(arms[arm][metric]) / len(arms[arm][metric]) for arm in names]
         ax.bar(range(len(names)), means, color="tab:blue", alpha=0.6)
         for x, arm in enumerate(names):
