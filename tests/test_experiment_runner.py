@@ -1,5 +1,5 @@
 """The experiment runner on a toy experiment: the JSON's shape (one value per seed for every arm
-and metric), the summary hook, the table, the plot and bad arguments."""
+and metric), the summary hook, the table, the plot, training curves and bad arguments."""
 
 import json
 
@@ -51,8 +51,60 @@ def test_the_command_writes_json_and_plot(tmp_path, monkeypatch):
     args = type("Args", (), {"name": "toy", "quick": True, "seeds": 1, "out": str(tmp_path)})()
     assert runner.run(args) == 0
     saved = json.loads((tmp_path / "toy.json").read_text())
-    assert set(saved) == {"arms", "config", "summary", "seconds"}
+    assert set(saved) == {"arms", "config", "summary", "seconds"}  # no curves: no "curves" key
     assert saved["arms"]["surgery"]["acc"] == pytest.approx([0.6])
     assert (tmp_path / "toy.png").stat().st_size > 0
     with pytest.raises(ValueError, match="registered already"):
         registry.register(TOY)
+
+
+def curved_run(config, seed, progress):
+    results = toy_run(config, seed, progress)
+    results["_curves"] = {
+        arm: {"step": [1, 2, 3], "value": [1.0 - 0.1 * i - 0.01 * seed - 0.05 * index for i in range(3)]}
+        for index, arm in enumerate(("plain", "surgery"))}
+    return results
+
+
+CURVED = registry.Experiment(
+    name="curved", description="a toy with curves", run=curved_run, arms=("plain", "surgery"),
+    metrics=("acc", "step_ms"), default_seeds=2, full_config={"scale": 1.0}, curve_label="training loss")
+
+
+def test_curves_are_collected_per_arm_and_seed_and_plotted(tmp_path, monkeypatch):
+    output = runner.run_experiment(CURVED, quick=False, seeds=2)
+    assert set(output["arms"]) == {"plain", "surgery"}  # "_curves" is no arm
+    assert output["arms"]["plain"]["acc"] == pytest.approx([0.5, 0.51])
+    assert set(output["curves"]) == {"plain", "surgery"}
+    assert len(output["curves"]["surgery"]) == 2
+    assert output["curves"]["surgery"][1] == {"step": [1, 2, 3], "value": pytest.approx([0.94, 0.84, 0.74])}
+    assert output["curve_label"] == "training loss" and output["curve_x"] == "step"
+    pytest.importorskip("matplotlib")
+    monkeypatch.setitem(registry.EXPERIMENTS, "curved", CURVED)
+    args = type("Args", (), {"name": "curved", "quick": False, "seeds": 2, "out": str(tmp_path)})()
+    assert runner.run(args) == 0
+    saved = json.loads((tmp_path / "curved.json").read_text())
+    assert {arm: len(runs) for arm, runs in saved["curves"].items()} == {"plain": 2, "surgery": 2}
+    assert (tmp_path / "curved.png").stat().st_size > 0
+
+
+def test_curves_with_different_steps_per_seed_and_many_arms_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fastmtl.apps.experiments.plots import plot_arms
+
+    names = [f"arm{i}" for i in range(26)]
+    output = {"arms": {arm: {"m": [float(i), float(i) + 1]} for i, arm in enumerate(names)},
+              "config": {"seeds": 2}, "curve_label": "loss",
+              "curves": {arm: [{"step": [1, 2], "value": [1.0, 0.5]}, {"step": [1, 3], "value": [0.9, 0.4]}]
+                         for arm in names}}
+    assert plot_arms(output, "many", tmp_path / "many.png").stat().st_size > 0
+
+
+def test_a_curve_with_unequal_lengths_is_an_error():
+    def run(config, seed, progress):
+        return {"plain": {"acc": 1.0}, "_curves": {"plain": {"step": [1, 2], "value": [0.5]}}}
+
+    broken = registry.Experiment(name="uneven", description="", run=run, arms=("plain",), metrics=("acc",),
+                                 default_seeds=1)
+    with pytest.raises(RuntimeError, match="2 steps and 1 values"):
+        runner.run_experiment(broken, quick=True, seeds=1)

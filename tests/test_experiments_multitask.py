@@ -1,6 +1,7 @@
 """The multidigits3 and go4align experiments through the runner, quick settings, one seed: the
-JSON's shape (every arm and metric, one finite value per seed, FD in [0, 1]), the summary and the
-plot, and the command line listing them. No assertion depends on what a seed trains to."""
+JSON's shape (every arm and metric, one finite value per seed, FD in [0, 1]), a training-loss curve
+per arm and seed, the summary and the plot, and the command line listing them. No assertion
+depends on what a seed trains to."""
 
 import json
 import math
@@ -28,6 +29,13 @@ def _run_quick(name, tmp_path):
             assert len(per_seed) == 1 and all(math.isfinite(v) for v in per_seed), (arm, metric, per_seed)
         assert values["step_ms"][0] > 0
     assert saved["config"]["quick"] is True and saved["config"]["seeds"] == 1
+    assert set(saved["curves"]) == set(experiment.arms)  # the training loss: one curve per arm and seed
+    for arm, runs in saved["curves"].items():
+        assert len(runs) == 1, arm
+        assert len(runs[0]["step"]) == len(runs[0]["value"]) >= 2, arm
+        assert runs[0]["step"] == sorted(set(runs[0]["step"])), arm
+        assert all(math.isfinite(v) and v >= 0 for v in runs[0]["value"]), arm
+    assert saved["curve_label"] == experiment.curve_label
     pytest.importorskip("matplotlib")
     assert (tmp_path / f"{name}.png").stat().st_size > 0
     return saved

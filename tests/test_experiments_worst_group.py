@@ -1,6 +1,7 @@
 """The worst-group experiments (``spurious-digits``, ``celeba-blond``) run end to end through the
 experiment runner's command line in ``--quick`` mode with one seed: the JSON has every arm and
-metric with one value per seed, in [0, 1], and the plot exists. Results are not asserted (they
+metric with one value per seed, in [0, 1], a validation-WGA curve per arm and seed, and the
+plot exists. Results are not asserted (they
 depend on the seed)."""
 
 import importlib.util
@@ -35,6 +36,19 @@ def _check_shape(output: dict, arms, metrics=("avg_acc", "wga")) -> None:
     assert output["config"]["quick"] is True and output["config"]["seeds"] == 1
     assert set(output["summary"]["mean"]) == set(arms)
     assert all(isinstance(ok, bool) for ok in output["summary"]["accept"].values())
+    _check_curves(output, arms, seeds=1, points=output["config"]["epochs"])
+
+
+def _check_curves(output: dict, arms, seeds: int, points: int | None = None) -> None:
+    """A curve per arm per seed, with as many steps as values (the validation WGA per epoch)."""
+    assert set(output["curves"]) == set(arms)
+    for arm in arms:
+        assert len(output["curves"][arm]) == seeds, arm
+        for curve in output["curves"][arm]:
+            assert len(curve["step"]) == len(curve["value"]) > 0, arm
+            if points is not None:
+                assert len(curve["step"]) == points, arm
+            assert all(0.0 <= v <= 1.0 for v in curve["value"]), arm
 
 
 @pytest.mark.slow

@@ -66,11 +66,15 @@ def build(make_encoder, width: int, tasks: list[Task], head_hidden: int = 0) -> 
 
 
 def train(model: MultiHead, tasks: list[Task], x: torch.Tensor, y: torch.Tensor, *, arm: str, steps: int,
-          batch: int, lr: float, seed: int, options: dict | None = None) -> float:
+          batch: int, lr: float, seed: int, options: dict | None = None, curve: dict | None = None,
+          curve_points: int = 20) -> float:
     """Trains ``model`` in place with Adam; ``arm``: ``"ew"`` (one backward of the mean loss),
     ``"METHOD"`` (fastmtl.MTLOptimizer at parameter level, or a loss-side method) or
     ``"METHOD_feature"`` (feature level, via ``opt.features(z)``). ``y`` [N, T]: column t is task
-    t's label. Returns the median milliseconds per training step."""
+    t's label. Returns the median milliseconds per training step. ``curve``: ``{"step": [],
+    "value": []}`` that gets, about ``curve_points`` times, the step count and the mean training
+    loss (the sum of the task losses, as computed for the step) since the previous point; read
+    outside the timed step, so the step times do not include it."""
     adam = torch.optim.Adam(model.parameters(), lr=lr)
     feature = arm.endswith("_feature")
     method = arm.removesuffix("_feature")
@@ -78,8 +82,10 @@ def train(model: MultiHead, tasks: list[Task], x: torch.Tensor, y: torch.Tensor,
                                                            **(options or {}).get(method, {}))
     gen = torch.Generator().manual_seed(10_000 + seed)
     times = []
+    every = max(1, steps // max(1, curve_points))
+    window, window_steps = 0.0, 0
     model.train()
-    for _ in range(steps):
+    for step in range(steps):
         index = torch.randint(0, len(x), (batch,), generator=gen)
         xb, yb = x[index], y[index]
         started = time.perf_counter()
@@ -95,6 +101,13 @@ def train(model: MultiHead, tasks: list[Task], x: torch.Tensor, y: torch.Tensor,
             opt.backward(losses)
             opt.step()
         times.append(time.perf_counter() - started)
+        if curve is not None:
+            window += float(sum(float(loss.detach()) for loss in losses))
+            window_steps += 1
+            if (step + 1) % every == 0 or step + 1 == steps:
+                curve["step"].append(step + 1)
+                curve["value"].append(window / window_steps)
+                window, window_steps = 0.0, 0
     return 1000.0 * statistics.median(times)
 
 

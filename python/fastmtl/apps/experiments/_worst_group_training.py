@@ -115,9 +115,12 @@ def _epoch_order(n: int, sampler, gen: torch.Generator) -> torch.Tensor:
 
 
 def finetune(model: MaskedMLP, train: Split, val: Split, cfg: dict, *, w_mt: float, w_reg: float, mt: bool,
-             epochs: int, gen: torch.Generator, sampler=None, select: bool = True) -> MaskedMLP:
+             epochs: int, gen: torch.Generator, sampler=None, select: bool = True,
+             curve: dict | None = None) -> MaskedMLP:
     """Fine-tune every parameter with Adam on RegularizedMTL; with ``select``, load the epoch with
-    the best validation WGA at the end (else keep the last state)."""
+    the best validation WGA at the end (else keep the last state). ``curve`` (with ``select``):
+    ``{"step": [], "value": []}`` that gets each epoch's number (from 1) and the validation WGA
+    the selection saw."""
     loss_fn = RegularizedMTL(w_erm=1.0, w_mt=w_mt if mt else 0.0, w_reg=w_reg) if (mt or w_reg > 0) else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     selection = WorstGroupSelection()
@@ -140,7 +143,11 @@ def finetune(model: MaskedMLP, train: Split, val: Split, cfg: dict, *, w_mt: flo
             loss.backward()
             opt.step()
         if select:
-            selection.update(epoch, evaluate(model, val)["wga"], model)
+            wga = evaluate(model, val)["wga"]
+            selection.update(epoch, wga, model)
+            if curve is not None:
+                curve["step"].append(epoch + 1)
+                curve["value"].append(wga)
     if select:
         selection.load_best(model)
     return model
@@ -155,7 +162,8 @@ ARMS = {  # arm -> (uses L_MT, uses the L1 penalty with weight cfg["w_reg"])
 
 
 def run_arms(arms: tuple[str, ...], train: Split, val: Split, test: Split, cfg: dict, seed: int, progress) -> dict:
-    """Pre-train once, then fine-tune each arm from the same pre-trained state; test metrics."""
+    """Pre-train once, then fine-tune each arm from the same pre-trained state; test metrics, and
+    under ``"_curves"`` each arm's validation WGA per fine-tuning epoch (JTT: of its retraining)."""
     threads = torch.get_num_threads()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
@@ -170,9 +178,10 @@ def run_arms(arms: tuple[str, ...], train: Split, val: Split, test: Split, cfg: 
             net.load_state_dict(pretrained)
             return net
 
-        results = {}
+        results, curves = {}, {}
         for index, arm in enumerate(arms):
             gen = torch.Generator().manual_seed(20_000 + 100 * seed)  # same batch order for every arm
+            curves[arm] = curve = {"step": [], "value": []}
             if arm == "jtt":
                 # Steps 1-2: ERM for T epochs from the pre-trained state, then the error set.
                 ident = finetune(fresh(), train, val, cfg, w_mt=0.0, w_reg=0.0, mt=False,
@@ -183,13 +192,14 @@ def run_arms(arms: tuple[str, ...], train: Split, val: Split, test: Split, cfg: 
                 sampler = jtt_sampler(jtt_weights(errors, cfg["jtt_lambda_up"]),
                                       generator=torch.Generator().manual_seed(30_000 + seed))
                 net = finetune(fresh(), train, val, cfg, w_mt=0.0, w_reg=0.0, mt=False,
-                               epochs=cfg["epochs"], gen=gen, sampler=sampler)
+                               epochs=cfg["epochs"], gen=gen, sampler=sampler, curve=curve)
             else:
                 mt, l1 = ARMS[arm]
                 net = finetune(fresh(), train, val, cfg, w_mt=cfg["w_mt"], w_reg=cfg["w_reg"] if l1 else 0.0, mt=mt,
-                               epochs=cfg["epochs"], gen=gen)
+                               epochs=cfg["epochs"], gen=gen, curve=curve)
             results[arm] = evaluate(net, test)
             progress(arm)
+        results["_curves"] = curves
         return results
     finally:
         torch.set_num_threads(threads)

@@ -71,4 +71,5 @@ register(Experiment(
     description="JTT sanity check on CelebA attributes (y = Blond_Hair, a = Male): ERM, MT+L1, JTT",
     run=run, arms=ARMS, metrics=("avg_acc", "wga"), default_seeds=3,
     full_config=FULL, quick_config=QUICK, extras=("demo",), summary=summary,
+    curve_label="validation WGA", curve_x="fine-tuning epoch",
 ))

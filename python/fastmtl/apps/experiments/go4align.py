@@ -84,14 +84,16 @@ def _run(config: dict, seed: int, progress) -> dict:
     steps = config["epochs"] * -(-len(data.x_train) // config["batch"])
     fit = {"steps": steps, "batch": config["batch"], "lr": config["lr"], "seed": seed}
     stl = mt.single_task_accuracies(make_encoder, width, tasks, data, head_hidden=head_hidden, **fit)
-    results = {}
+    results, curves = {}, {}
     for arm in ARMS:
         torch.manual_seed(seed)  # every arm starts from the same weights
         model = mt.build(make_encoder, width, tasks, head_hidden)
-        step_ms = mt.train(model, tasks, data.x_train, data.y_train, arm=arm, options=config["options"], **fit)
+        step_ms = mt.train(model, tasks, data.x_train, data.y_train, arm=arm, options=config["options"],
+                           curve=curves.setdefault(arm, {"step": [], "value": []}), **fit)
         acc = mt.accuracies(model, tasks, data.x_test, data.y_test)
         results[arm] = {"delta_m": mt.delta_m(acc, stl), "step_ms": step_ms}
         progress(arm)
+    results["_curves"] = curves
     return results
 
 
@@ -120,4 +122,5 @@ register(Experiment(
                  "options": {"go4align": {"n_groups": 2, "beta": 1e-4}}},
     quick_config={"train_rows": 8_000, "epochs": 2},
     summary=summary,
+    curve_label="training loss (sum over tasks)",
 ))

@@ -62,11 +62,12 @@ def _run(config: dict, seed: int, progress) -> dict:
     fit = {"steps": config["steps"], "batch": config["batch"], "lr": config["lr"], "seed": seed}
     stl = mt.single_task_accuracies(make_encoder, WIDTH, TASKS, data, head_hidden=config["head_hidden"], **fit)
     x_fd, y_fd = data.x_test[:config["fd_batch"]], data.y_test[:config["fd_batch"]]
-    results = {}
+    results, curves = {}, {}
     for arm in ARMS:
         torch.manual_seed(seed)  # every arm starts from the same weights
         model = mt.build(make_encoder, WIDTH, TASKS, config["head_hidden"])
-        step_ms = mt.train(model, TASKS, data.x_train, data.y_train, arm=arm, options=config["options"], **fit)
+        step_ms = mt.train(model, TASKS, data.x_train, data.y_train, arm=arm, options=config["options"],
+                           curve=curves.setdefault(arm, {"step": [], "value": []}), **fit)
         results[arm] = {
             "delta_m": mt.delta_m(mt.accuracies(model, TASKS, data.x_test, data.y_test), stl),
             "fd": mt.feature_disentanglement(model, TASKS, x_fd, y_fd),
@@ -75,6 +76,7 @@ def _run(config: dict, seed: int, progress) -> dict:
             "step_ms": step_ms,
         }
         progress(arm)
+    results["_curves"] = curves
     return results
 
 
@@ -109,4 +111,5 @@ EXPERIMENT = register(Experiment(
                  "options": {"go4align": {"n_groups": 2}}},
     quick_config={"train_pairs": 5_000, "test_pairs": 2_000, "steps": 60, "conflict_batches": 4},
     summary=summary,
+    curve_label="training loss (sum over tasks)",
 ))

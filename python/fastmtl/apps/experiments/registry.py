@@ -1,13 +1,18 @@
 """Experiments by name. Each experiment module registers one ``Experiment``: a function that
 trains every arm for one seed and returns ``{arm: {metric: value}}``, its default seed count,
-and its quick and full configurations (``--quick``: a few minutes on 2 cores)."""
+and its quick and full configurations (``--quick``: a few minutes on 2 cores).
+
+The results may also hold one extra key, ``"_curves"``: ``{arm: {"step": [int], "value":
+[float]}}``, one training curve per arm for that seed (what ``curve_label`` names, e.g. the
+validation WGA per epoch); the runner collects them into the JSON's ``"curves"`` and plots them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable
 
-# run(config, seed, progress) -> {arm: {metric: float}}; progress(arm) marks one arm done.
+# run(config, seed, progress) -> {arm: {metric: float}} (plus, optionally, "_curves": {arm: {"step": [...],
+# "value": [...]}}); progress(arm) marks one arm done.
 RunOneSeed = Callable[[dict, int, Callable[[str], None]], dict]
 
 
@@ -23,6 +28,8 @@ class Experiment:
     quick_config: dict = field(default_factory=dict)  # overrides of full_config
     extras: tuple[str, ...] = ("demo",)  # the pip extras it needs (fastmtl.apps.extras)
     summary: Callable[[dict], dict] | None = None  # whole-run figures from {"arms": ...}, e.g. a ranking
+    curve_label: str | None = None  # what the "_curves" of run() measure, e.g. "validation WGA"
+    curve_x: str = "step"  # what their "step" counts, e.g. "fine-tuning epoch"
 
 
 EXPERIMENTS: dict[str, Experiment] = {}

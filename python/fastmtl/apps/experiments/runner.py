@@ -2,8 +2,11 @@
 experiment for each seed, with a progress bar, and writes
 
 * ``DIR/NAME.json``: ``{"arms": {ARM: {METRIC: [one value per seed]}}, "config": {...},
-  "summary": {...}}`` (arms and metrics in lower case with underscores);
-* ``DIR/NAME.png``: each metric per arm, the mean with every seed's value over it.
+  "summary": {...}}`` (arms and metrics in lower case with underscores), and, when the experiment
+  returns training curves, ``"curves": {ARM: [{"step": [...], "value": [...]} per seed]}``,
+  ``"curve_label"`` (what the values are) and ``"curve_x"`` (what the steps count);
+* ``DIR/NAME.png``: each metric per arm, the mean with every seed's value over it, and the
+  training curves (one line per arm) when there are any.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def run_experiment(experiment: registry.Experiment, *, quick: bool, seeds: int |
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     arms = {arm: {metric: [] for metric in experiment.metrics} for arm in experiment.arms}
+    curves: dict[str, list[dict]] = {}
     started = time.perf_counter()
     with tqdm(total=seeds * len(experiment.arms), desc=experiment.name, unit="arm") as bar:
         for seed in range(seeds):
@@ -43,7 +47,13 @@ def run_experiment(experiment: registry.Experiment, *, quick: bool, seeds: int |
                 bar.set_postfix_str(f"seed {seed}, {arm}")
                 bar.update(1)
 
-            results = experiment.run(config, seed, done)
+            results = dict(experiment.run(config, seed, done))
+            for arm, curve in (results.pop("_curves", None) or {}).items():
+                steps, values = [int(s) for s in curve["step"]], [float(v) for v in curve["value"]]
+                if len(steps) != len(values):
+                    raise RuntimeError(f"experiment {experiment.name!r}: arm {arm!r}'s curve has {len(steps)} steps "
+                                       f"and {len(values)} values")
+                curves.setdefault(arm, []).append({"step": steps, "value": values})
             missing = {arm for arm in experiment.arms if arm not in results}
             if missing:
                 raise RuntimeError(f"experiment {experiment.name!r} returned no results for arms {sorted(missing)}")
@@ -52,6 +62,10 @@ def run_experiment(experiment: registry.Experiment, *, quick: bool, seeds: int |
                     arms[arm][metric].append(float(metrics[metric]))
     output = {"arms": arms, "config": {**config, "quick": quick, "seeds": seeds},
               "seconds": round(time.perf_counter() - started, 1)}
+    if curves:
+        output["curves"] = curves
+        output["curve_label"] = experiment.curve_label or "training curve"
+        output["curve_x"] = experiment.curve_x
     output["summary"] = experiment.summary(output) if experiment.summary else {}
     return output
 

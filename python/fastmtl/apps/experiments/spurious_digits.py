@@ -61,4 +61,5 @@ register(Experiment(
     description="Kulkarni et al. 2024 on SpuriousDigits: ERM, ERM+L1, MT, MT+L1, JTT; test avg and worst-group acc",
     run=run, arms=ARMS, metrics=("avg_acc", "wga"), default_seeds=5,
     full_config=FULL, quick_config=QUICK, extras=("demo",), summary=summary,
+    curve_label="validation WGA", curve_x="fine-tuning epoch",
 ))
