@@ -1,5 +1,5 @@
 """SpuriousDigits: a Waterbirds-like worst-group benchmark built offline from scikit-learn's
-bundled digits (SEED_METHODS §1, experiment A).
+bundled digits (docs/design.md "Experiments", spurious-digits).
 
 * The 1,797 source images are split 70/15/15 into train/val/test **before** anything is built, so
   no source image reaches two splits (not even as a noisy copy).

@@ -1,5 +1,5 @@
 """Shared training code of the worst-group experiments (``spurious-digits``, ``celeba-blond``):
-Kulkarni et al. 2024's recipe (SEED_METHODS §1) on a small masked-input MLP.
+Kulkarni et al. 2024's recipe (docs/design.md "Experiments") on a small masked-input MLP.
 
 * **Model.** An MLP encoder on ``[x·(1−m), m]`` (m the 0/1 mask of hidden inputs, all zero for
   the end task), whose last-layer output h feeds two heads: a 2-way classifier (end task) and a

@@ -1,9 +1,9 @@
 """``celeba-blond``: a JTT sanity check on CelebA's attribute table, y = Blond_Hair, a = Male
-(SEED_METHODS §1, offline experiment B). There are no images, so blond males can hardly be told
+(docs/design.md "Experiments"). There are no images, so blond males can hardly be told
 apart from the other 38 attributes: regularised MTL is not expected to help here; the check is
 WGA(JTT) ≥ WGA(ERM) + 0.2.
 
-Recipe (SEED_METHODS §1): inputs = the other 38 attributes in {0,1}; the official split, train
+Recipe (docs/design.md "Experiments"): inputs = the other 38 attributes in {0,1}; the official split, train
 subsampled to 40k rows (drawn per seed); arms ERM, MT+L1, JTT (T = 1, λ_up = 20); test
 sample-weighted average accuracy and worst-group accuracy over the groups 2·y + a; 3 seeds.
 

@@ -1,4 +1,4 @@
-"""GO4Align (SEED_METHODS §2, Shen et al. 2024) against equal weighting, PCGrad, MGDA and
+"""GO4Align (Shen et al. 2024; docs/design.md "Experiments") against equal weighting, PCGrad, MGDA and
 Nash-MTL, on the CelebA-gen attribute proxy (§3): the 17 task attributes of FairBranch's
 CelebA-gen (Attractive ... Young), predicted from the other 22 attributes (Male, the sensitive
 attribute, left out), official split, train subsampled (40k rows), an MLP [256, 128, 128, 64]

@@ -1,4 +1,4 @@
-"""MultiDigits-3 (SEED_METHODS §5, Mao et al. 2024): parameter-level vs feature-level gradient
+"""MultiDigits-3 (Mao et al. 2024; docs/design.md "Experiments"): parameter-level vs feature-level gradient
 surgery on a light backbone, with feature disentanglement (FD) and ranking similarity.
 
 Tasks: left digit, right digit (10 classes each) and (left + right) mod 2, on the 8×16 image.

@@ -1,7 +1,7 @@
 """``spurious-digits``: Kulkarni et al. 2024 (regularised MTL for worst-group accuracy) on
-SpuriousDigits, the offline Waterbirds analogue (SEED_METHODS §1, offline experiment A).
+SpuriousDigits, the offline Waterbirds analogue (docs/design.md "Experiments").
 
-Recipe (SEED_METHODS §1): MLP 64→64→64 on [x·(1−m), m], pre-trained 30 epochs on masked-pixel
+Recipe (docs/design.md "Experiments"): MLP 64→64→64 on [x·(1−m), m], pre-trained 30 epochs on masked-pixel
 reconstruction (30% of pixels masked, MSE on the masked pixels); fine-tuned 40 epochs, Adam 1e-3,
 batch 128, the epoch with the best validation WGA kept. Arms: ERM, ERM+L1 (w_reg = e⁻¹ ≈ 0.37),
 MT (the reconstruction loss as L_MT), MT+L1, JTT (T = 2, λ_up = 20). Metrics on the test set:
@@ -51,7 +51,7 @@ def summary(output: dict) -> dict:
         "avg_mt_l1_ge_erm_minus_0.005": mean["mt_l1"]["avg_acc"] >= mean["erm"]["avg_acc"] - 0.005,
         "wga_jtt_gt_erm": mean["jtt"]["wga"] > mean["erm"]["wga"],
     }
-    # The paper's headline (regularised MTL >= JTT) is reported, not gated (SEED_METHODS §1).
+    # The paper's headline (regularised MTL >= JTT) is reported, not gated (docs/design.md "Experiments").
     result["report_wga_mt_l1_ge_jtt"] = mean["mt_l1"]["wga"] >= mean["jtt"]["wga"]
     return result
 
