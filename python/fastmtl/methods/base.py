@@ -15,6 +15,7 @@ Every G-method is called as ``method(G) -> [P]``. The registry maps names to cla
 
 from __future__ import annotations
 
+import abc
 from typing import ClassVar
 
 import torch
@@ -60,7 +61,7 @@ def create(method: str | Method, **options) -> Method:
         raise
 
 
-class Method:
+class Method(abc.ABC):
     """Base of every method. Subclasses set ``name`` and ``family`` and keep their validated
     options in ``self.options`` (so ``fresh()`` can build an identical method with new state)."""
 
@@ -115,8 +116,9 @@ class GramWeighting(Method):
     def impl(self) -> str:
         return self.options["impl"]
 
+    @abc.abstractmethod
     def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The weights w [T] from a finite float64 K (see the class docstring)."""
 
     def weights(self, K: torch.Tensor) -> torch.Tensor:
         """Task weights w [T] (float64) from the Gram matrix K [T, T]."""
@@ -146,8 +148,9 @@ class ElementwiseMethod(Method):
 
     family = "elementwise"
 
+    @abc.abstractmethod
     def __call__(self, G: torch.Tensor, *, signs: torch.Tensor | None = None, batch: int | None = None) -> torch.Tensor:
-        raise NotImplementedError
+        """The combined gradient [P] of G [T, P]."""
 
 
 class LossMethod(Method):
@@ -155,8 +158,9 @@ class LossMethod(Method):
 
     family = "loss"
 
+    @abc.abstractmethod
     def loss(self, losses, shared) -> torch.Tensor:
-        raise NotImplementedError
+        """The one loss to back-propagate, from the task losses and the shared parameters."""
 
     def __call__(self, G: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"{self.name} works on the task losses, not on their gradients: it has no aggregate(G) "
