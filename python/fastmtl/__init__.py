@@ -28,6 +28,9 @@ def aggregate(G, method="pcgrad", **options):
 
 
 __all__ = [
+    "__version__",
+    "methods",
+    "metrics",
     "GO4Align",
     "MTLOptimizer",
     "backward",

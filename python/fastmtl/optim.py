@@ -34,6 +34,7 @@ from fastmtl.engine import (
     TaskMatrix,
     all_or_nothing,
     check_losses,
+    flat_grads,
     point_grads_at,
     shared_parameter_list,
     task_list,
@@ -292,8 +293,7 @@ class MTLOptimizer(torch.optim.Optimizer):
             weighted = sum(w.to(losses[t].dtype) * losses[t].reshape(()) for w, t in zip(group.weights, rows))
             grads = torch.autograd.grad(weighted, params, retain_graph=True, allow_unused=True)
             group.ensure_buffers(len(rows), params)
-            torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)],
-                      out=group.combined)
+            flat_grads(params, grads, out=group.combined)
             point_grads_at(params, group.combined)
             combined[id(group)] = group.combined
         if heads:

@@ -81,5 +81,7 @@ def point_grads_at(params: list[torch.nn.Parameter], flat: torch.Tensor) -> None
         p.grad = view.view_as(p)
 
 
-def flat_grads(params: list[torch.nn.Parameter], grads) -> torch.Tensor:
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+def flat_grads(params: list[torch.nn.Parameter], grads, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The gradients of ``params`` as one flat vector (zeros for a None gradient), into ``out`` if given."""
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)],
+                     out=out)

@@ -15,6 +15,7 @@ import torch
 
 from fastmtl.engine.checks import check_losses
 from fastmtl.metrics._inputs import any_tensor, as_tensor, result
+from fastmtl.metrics.multitask import average_ranks
 
 
 def feature_saliency(losses, z: torch.Tensor) -> torch.Tensor:
@@ -49,12 +50,6 @@ def feature_disentanglement(saliency, *, weighted: bool = False):
     return result((entropy * weight).sum() / weight.sum(), any_tensor(saliency))
 
 
-def _average_ranks(x: torch.Tensor) -> torch.Tensor:
-    smaller = (x[None, :] < x[:, None]).sum(1)
-    equal = (x[None, :] == x[:, None]).sum(1) - 1
-    return 1.0 + smaller.double() + 0.5 * equal.double()
-
-
 def ranking_similarity(a, b, *, method: str = "kendall"):
     """How well two scorings of the same items (methods, tasks) agree: Kendall's τ_b (ties
     counted as scipy.stats.kendalltau does), or Spearman's ρ (``method="spearman"``). NaN when
@@ -72,7 +67,7 @@ def ranking_similarity(a, b, *, method: str = "kendall"):
         untied_x, untied_y = (dx != 0).sum().double(), (dy != 0).sum().double()
         value = (dx * dy).sum() / torch.sqrt(untied_x * untied_y) if pairs else torch.tensor(float("nan"))
     elif method == "spearman":
-        rx, ry = _average_ranks(x), _average_ranks(y)
+        rx, ry = average_ranks(x[:, None])[:, 0], average_ranks(y[:, None])[:, 0]
         rx, ry = rx - rx.mean(), ry - ry.mean()
         value = (rx * ry).sum() / torch.sqrt((rx * rx).sum() * (ry * ry).sum())
     else:

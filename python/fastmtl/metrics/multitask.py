@@ -34,8 +34,9 @@ def delta_m(values, baselines, higher_is_better):
     return result(100.0 * (sign * (M - base) / base).mean(), any_tensor(values, baselines))
 
 
-def _average_ranks(scores: torch.Tensor) -> torch.Tensor:
-    """Rank 1 for the smallest score of each column, ties sharing the average of their ranks."""
+def average_ranks(scores: torch.Tensor) -> torch.Tensor:
+    """Rank 1 for the smallest score of each column of ``scores`` [items, columns], ties sharing
+    the average of their ranks (scipy's rankdata "average")."""
     smaller = (scores[None, :, :] < scores[:, None, :]).sum(1)  # [M, K]: how many beat each entry
     equal = (scores[None, :, :] == scores[:, None, :]).sum(1) - 1
     return 1.0 + smaller.double() + 0.5 * equal.double()
@@ -50,7 +51,7 @@ def mean_rank(table, higher_is_better=True):
     if not bool(torch.isfinite(scores).all()):
         raise ValueError("table holds NaN or Inf: ranks are undefined")
     sign = _directions(higher_is_better, scores.shape[1], scores.device)
-    return result(_average_ranks(-sign * scores).mean(1), any_tensor(table))
+    return result(average_ranks(-sign * scores).mean(1), any_tensor(table))
 
 
 def _gain(mtl, stl, names: tuple[str, str], reduction: str):
