@@ -11,9 +11,11 @@ the C++/CUDA kernels are in use; otherwise the pure-PyTorch reference runs.
 """
 
 from fastmtl import methods, metrics
+from fastmtl import branching  # after methods: it imports the losses, which import the methods
 from fastmtl._ext import HAS_CUDA, HAS_EXT, IMPORT_ERROR, build_info
 from fastmtl.functional import cluster_tasks, cosine_similarity, gram, graddrop, project_conflicts
-from fastmtl.losses import GO4Align, cosreg_penalty
+from fastmtl.branching import FairBranch, fbgrad, linear_cka, pair_tasks, parameter_similarity
+from fastmtl.losses import GO4Align, cosreg_penalty, fairness_loss
 from fastmtl.optim import MTLOptimizer, backward
 from fastmtl._version import __version__
 
@@ -29,8 +31,10 @@ def aggregate(G, method="pcgrad", **options):
 
 __all__ = [
     "__version__",
+    "branching",
     "methods",
     "metrics",
+    "FairBranch",
     "GO4Align",
     "MTLOptimizer",
     "backward",
@@ -42,7 +46,12 @@ __all__ = [
     "cluster_tasks",
     "cosreg_penalty",
     "cosine_similarity",
+    "fairness_loss",
+    "fbgrad",
     "gram",
     "graddrop",
+    "linear_cka",
+    "pair_tasks",
+    "parameter_similarity",
     "project_conflicts",
 ]

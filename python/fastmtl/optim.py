@@ -134,6 +134,60 @@ class MTLOptimizer(torch.optim.Optimizer):
         self.groups.append(group)
         return group
 
+    def branch(self, params, branches, method=None, **options) -> list[SharedGroup]:
+        """Replaces shared parameters by copies, one set per branch (e.g. FairBranch's branch
+        formation). ``params``: the parameters replaced; ``branches``: a list of ``(copies,
+        tasks)``, ``copies[i]`` standing in for ``params[i]`` (same shape, dtype and device) for
+        ``tasks`` (disjoint across branches). Each copy joins the wrapped optimizer's param group
+        of the parameter it replaces, so that group's options (lr, weight decay) and an LR
+        scheduler's hold on it carry over, with empty optimizer state; the replaced parameters
+        leave the wrapped optimizer (their state is dropped) and their shared group; every other
+        parameter keeps its state. Each branch becomes a shared group of its tasks, combined by
+        ``method`` (default: the optimizer's, with ``options`` on top). All checks run before
+        anything changes. Returns the new groups."""
+        old = shared_parameter_list(params, "branch: params")
+        specs, seen_tasks, seen_copies = [], set(), {id(p) for p in old}
+        held = {id(p): index for index, group in enumerate(self.optimizer.param_groups) for p in group["params"]}
+        missing = [i for i, p in enumerate(old) if id(p) not in held]
+        if missing:
+            raise ValueError(f"branch: params {missing} are not in the wrapped optimizer, so there is no param group "
+                             "for their copies to join")
+        if not branches:
+            raise ValueError("branch: give at least one (copies, tasks) branch")
+        for number, (copies, tasks) in enumerate(branches):
+            copies = shared_parameter_list(copies, f"branch {number}: copies")
+            tasks = task_list(tasks, f"branch {number}")
+            if len(copies) != len(old) or any(c.shape != p.shape or c.dtype != p.dtype or c.device != p.device
+                                               for c, p in zip(copies, old)):
+                raise ValueError(f"branch {number}: copies must match params one to one in shape, dtype and device "
+                                 f"(got {[tuple(c.shape) for c in copies]} for {[tuple(p.shape) for p in old]})")
+            if any(id(c) in held or id(c) in seen_copies for c in copies):
+                raise ValueError(f"branch {number}: a copy is a parameter the optimizer or another branch holds already")
+            if tasks is None or seen_tasks & set(tasks):
+                raise ValueError(f"branch {number}: name the tasks of each branch, no task in two branches")
+            seen_copies |= {id(c) for c in copies}
+            seen_tasks |= set(tasks)
+            specs.append((copies, tasks))
+        group_method = self._group_method(method, options, "branch")
+        self._check_method(group_method, (0,), "branch")
+        # Every check passed: swap each replaced parameter for its copies in its param group.
+        for p, copies in zip(old, zip(*(copies for copies, _ in specs))):
+            group = self.optimizer.param_groups[held[id(p)]]
+            at = next(i for i, q in enumerate(group["params"]) if q is p)
+            group["params"][at:at + 1] = list(copies)
+            self.optimizer.state.pop(p, None)
+        gone = {id(p) for p in old}
+        for group in self.groups:
+            group.params = [p for p in group.params if id(p) not in gone]
+        self.groups = [group for group in self.groups if group.params]
+        added = []
+        for number, (copies, tasks) in enumerate(specs):
+            branch_method = group_method if number == 0 and not any(g.method is group_method for g in self.groups) \
+                else group_method.fresh()
+            added.append(SharedGroup(copies, tasks, branch_method))
+        self.groups.extend(added)
+        return added
+
     def _group_method(self, method, options: dict, what: str) -> methods.Method:
         """A group's method: the optimizer's (itself, with no options of the group's own), the
         optimizer's with the group's options on top, another name with its options, or an object
