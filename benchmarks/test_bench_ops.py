@@ -8,4 +8,4 @@ them too (``python -m fastmtl bench``); pytest collects the imported test functi
 grid: FASTMTL_BENCH_T / FASTMTL_BENCH_P / FASTMTL_BENCH_FULL (see fastmtl.apps.bench.grid).
 """
 
-from fastmtl.apps.bench.op_cases import test_op, test_solve  # noqa: F401
+from fastmtl.apps.bench.op_cases import test_op, test_similarity, test_solve  # noqa: F401

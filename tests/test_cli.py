@@ -37,7 +37,8 @@ def test_bench_runs_the_packaged_cases_from_any_folder(tmp_path):
     # asked for (no .pytest_cache, no .benchmarks).
     results = json.loads((tmp_path / "out.json").read_text())
     assert results["machine_info"]["fastmtl_build"] == fastmtl.build_info()
-    assert {bench["extra_info"]["op"] for bench in results["benchmarks"]} == {"pcgrad", "graddrop", "gram", "solve"}
+    assert {bench["extra_info"]["op"] for bench in results["benchmarks"]} == {"pcgrad", "graddrop", "gram", "solve",
+                                                                             "parameter_similarity"}
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out.json"]
 
 

@@ -108,3 +108,26 @@ def test_solve(benchmark, T, candidate):
     benchmark.group = f"solve T={T}"
     benchmark.extra_info.update(op="solve", T=T, P=None, candidate=candidate)
     benchmark.pedantic(SOLVE_CANDIDATES[candidate], args=(K,), rounds=50, warmup_rounds=1, iterations=1)
+
+
+# FairBranch's similarity check: the T×T linear-CKA matrix of T parameter matrices [n, p], in one
+# Gram pass of the centred kernels, against the per-pair computation of Eq. 9 (the authors' code
+# calls a CKA function for each pair) and the memory floor of one read of the matrices.
+SIMILARITY_CASES = [(17, 64, 2), (9, 128, 128), (5, 256, 128)]  # CelebA heads; the copies of two trunk layers
+SIMILARITY_CANDIDATES = {
+    "fastmtl-cpp": lambda thetas: fastmtl.parameter_similarity(thetas, impl="cpp"),
+    "fastmtl-torch": lambda thetas: fastmtl.parameter_similarity(thetas, impl="torch"),
+    "per-pair-cka": peers.per_pair_cka,
+    "floor": lambda thetas: [theta.sum(0) for theta in thetas],
+}
+
+
+@pytest.mark.parametrize("T, n, p", SIMILARITY_CASES)
+@pytest.mark.parametrize("candidate", SIMILARITY_CANDIDATES)
+def test_similarity(benchmark, T, n, p, candidate):
+    _skip_without_extension(candidate)
+    gen = torch.Generator().manual_seed(0)
+    thetas = [torch.randn(n, p, generator=gen) for _ in range(T)]
+    benchmark.group = f"parameter_similarity T={T} n={n} p={p}"
+    benchmark.extra_info.update(op="parameter_similarity", T=T, P=n * p, candidate=candidate)
+    benchmark.pedantic(SIMILARITY_CANDIDATES[candidate], args=(thetas,), rounds=30, warmup_rounds=1, iterations=1)

@@ -1,6 +1,7 @@
 """Competitor implementations, used only by the benchmarks.
 
-Each takes the task-gradient matrix G [T, P] and returns the combined gradient [P].
+Each takes the task-gradient matrix G [T, P] and returns the combined gradient [P] (the
+similarity peer takes a list of parameter matrices and returns the T×T CKA matrix).
 """
 
 import random
@@ -52,3 +53,17 @@ def flat_read(G: torch.Tensor) -> torch.Tensor:
     """One contiguous read of G (a full reduction): the least any method that looks at every
     gradient entry must spend."""
     return G.reshape(-1).sum()
+
+
+def per_pair_cka(thetas: list[torch.Tensor]) -> torch.Tensor:
+    """The T×T linear-CKA matrix one pair at a time, as FairBranch's code builds it (re-implemented
+    here, not copied): Eq. 9 with the centring matrix H and explicit traces for each pair."""
+    n = thetas[0].shape[0]
+    H = torch.eye(n, dtype=thetas[0].dtype) - 1.0 / n
+    S = torch.eye(len(thetas), dtype=thetas[0].dtype)
+    for i, a in enumerate(thetas):
+        for j in range(i + 1, len(thetas)):
+            b = thetas[j]
+            ka, kb = H @ (a @ a.T) @ H, H @ (b @ b.T) @ H
+            S[i, j] = S[j, i] = torch.trace(ka @ kb) / torch.sqrt(torch.trace(ka @ ka) * torch.trace(kb @ kb))
+    return S
