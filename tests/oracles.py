@@ -48,3 +48,94 @@ def random_gradients(T: int, P: int, seed: int = 0, dtype=torch.float32) -> torc
     shared = torch.randn(P, generator=gen)
     scale = torch.linspace(-1.0, 1.0, T)[:, None]
     return (scale * shared + torch.randn(T, P, generator=gen)).to(dtype)
+
+
+# ----- FairBranch (Roy et al. 2024) ---------------------------------------------------------------
+
+
+def linear_cka_direct(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """Eq. 7-9 as written, in float64: K = θθᵀ, H = I - 11ᵀ/n (an explicit matrix),
+    cka = tr(HK_aH · HK_bH) / sqrt(tr((HK_aH)²) tr((HK_bH)²)); 0 when a denominator factor is 0."""
+    A, B = A.detach().double().cpu(), B.detach().double().cpu()
+    n = A.shape[0]
+    H = torch.eye(n, dtype=torch.float64) - torch.ones(n, n, dtype=torch.float64) / n
+    Ka, Kb = H @ (A @ A.T) @ H, H @ (B @ B.T) @ H
+    cross = torch.trace(Ka @ Kb)
+    denominator = torch.sqrt(torch.trace(Ka @ Ka) * torch.trace(Kb @ Kb))
+    if bool(denominator == 0):
+        return torch.zeros((), dtype=torch.float64)
+    return cross / denominator
+
+
+def pair_tasks_brute(S: torch.Tensor, tau: float) -> list[tuple[int, ...]]:
+    """Eq. 10-11 by brute force: scan every remaining pair i < j in index order for the largest
+    S[i, j] >= tau (strictly larger to replace: the first in index order wins a tie), take it,
+    repeat; leftovers are singletons. Groups sorted by their first task."""
+    S = S.double()
+    remaining = list(range(S.shape[0]))
+    groups = []
+    while True:
+        best = None
+        for a, i in enumerate(remaining):
+            for j in remaining[a + 1:]:
+                value = float(S[i, j])
+                if value >= tau and (best is None or value > best[0]):
+                    best = (value, i, j)
+        if best is None:
+            break
+        groups.append((best[1], best[2]))
+        remaining = [t for t in remaining if t not in best[1:]]
+    return sorted(groups + [(t,) for t in remaining])
+
+
+def fbgrad_per_vector(G: torch.Tensor, *followers: torch.Tensor) -> list[torch.Tensor]:
+    """Eq. 12 on vectors, float64: for each child i and each other child j in index order, if
+    g_i' · g_j < 0 (g_i' the current, g_j the original) and g_j != 0, g_i' -= (g_i' · g_j / |g_j|²) g_j;
+    each follower f_i' of child i then takes f_i' -= (f_i' · f_j / |f_j|²) f_j (if f_j != 0) at the
+    same steps, whatever the sign of its own dot. Returns [G', *followers'] as float64 matrices."""
+    G = G.detach().double().cpu()
+    followers = [F.detach().double().cpu() for F in followers]
+    outs = [torch.empty_like(G)] + [torch.empty_like(F) for F in followers]
+    k = G.shape[0]
+    for i in range(k):
+        g, fs = G[i].clone(), [F[i].clone() for F in followers]
+        for j in range(k):
+            if j == i:
+                continue
+            dot, norm_sq = torch.dot(g, G[j]), torch.dot(G[j], G[j])
+            if dot < 0 and norm_sq > 0:
+                g = g - dot / norm_sq * G[j]
+                for m, F in enumerate(followers):
+                    f_norm_sq = torch.dot(F[j], F[j])
+                    if f_norm_sq > 0:
+                        fs[m] = fs[m] - torch.dot(fs[m], F[j]) / f_norm_sq * F[j]
+        outs[0][i] = g
+        for m, f in enumerate(fs):
+            outs[m + 1][i] = f
+    return outs
+
+
+def fairness_loss_direct(logits: torch.Tensor, y: torch.Tensor, s: torch.Tensor, groups) -> torch.Tensor:
+    """Eq. 1 by a loop over the (label, group) cells: for each label, the largest mean
+    cross-entropy (F.cross_entropy on the cell's rows; binary cross-entropy for [N] / [N, 1]
+    logits) over the groups with samples in the batch; labels with no sample add nothing.
+    ``groups``: the sensitive group ids to look at. Differentiable; in logits' dtype."""
+    from torch.nn import functional as F
+
+    binary = logits.dim() == 1 or logits.shape[1] == 1
+    labels = range(2) if binary else range(logits.shape[1])
+    total = logits.new_zeros(())
+    for label in labels:
+        worst = None
+        for group in groups:
+            rows = ((y == label) & (s == group)).nonzero().flatten()
+            if rows.numel() == 0:
+                continue
+            if binary:
+                cell = F.binary_cross_entropy_with_logits(logits.reshape(-1)[rows], y[rows].to(logits.dtype))
+            else:
+                cell = F.cross_entropy(logits[rows], y[rows])
+            worst = cell if worst is None else torch.maximum(worst, cell)
+        if worst is not None:
+            total = total + worst
+    return total

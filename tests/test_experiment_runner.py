@@ -108,3 +108,49 @@ def test_a_curve_with_unequal_lengths_is_an_error():
                                  default_seeds=1)
     with pytest.raises(RuntimeError, match="2 steps and 1 values"):
         runner.run_experiment(broken, quick=True, seeds=1)
+
+
+def detailed_run(config, seed, progress):
+    results = toy_run(config, seed, progress)
+    results["_details"] = {"surgery": {"per_task": (0.5, 0.6 + seed), "events": [{"step": 3 * (seed + 1)}]}}
+    return results
+
+
+def draw_figures(output, folder):
+    path = folder / "detailed_extra.txt"  # stands in for a figure: the hook sees the finished output
+    path.write_text(json.dumps(output["details"]))
+    return [path]
+
+
+DETAILED = registry.Experiment(
+    name="detailed", description="a toy with details", run=detailed_run, arms=("plain", "surgery"),
+    metrics=("acc", "step_ms"), default_seeds=2, full_config={"scale": 1.0},
+    summary=lambda output: {"events": [len(record["events"]) for record in output["details"]["surgery"]]},
+    figures=draw_figures)
+
+
+def test_details_are_collected_per_arm_and_seed_and_reach_the_figures_hook(tmp_path, monkeypatch):
+    output = runner.run_experiment(DETAILED, quick=False, seeds=2)
+    assert set(output["arms"]) == {"plain", "surgery"}  # "_details" is no arm
+    # one record per seed, as the JSON holds it (the tuple became a list)
+    assert output["details"] == {"surgery": [{"per_task": [0.5, 0.6], "events": [{"step": 3}]},
+                                             {"per_task": [0.5, 1.6], "events": [{"step": 6}]}]}
+    assert output["summary"] == {"events": [1, 1]}  # the summary sees the details
+    pytest.importorskip("matplotlib")
+    monkeypatch.setitem(registry.EXPERIMENTS, "detailed", DETAILED)
+    args = type("Args", (), {"name": "detailed", "quick": False, "seeds": 2, "out": str(tmp_path)})()
+    assert runner.run(args) == 0
+    saved = json.loads((tmp_path / "detailed.json").read_text())
+    assert saved["details"] == output["details"]
+    assert json.loads((tmp_path / "detailed_extra.txt").read_text()) == output["details"]
+    assert "details" not in runner.run_experiment(TOY, quick=True, seeds=1)  # none returned: no key
+
+
+def test_details_of_an_unknown_arm_are_an_error():
+    def run(config, seed, progress):
+        return {"plain": {"acc": 1.0}, "_details": {"plane": {"x": 1}}}
+
+    broken = registry.Experiment(name="typo", description="", run=run, arms=("plain",), metrics=("acc",),
+                                 default_seeds=1)
+    with pytest.raises(RuntimeError, match="'plane', which is no arm"):
+        runner.run_experiment(broken, quick=True, seeds=1)

@@ -170,22 +170,33 @@ class MTLOptimizer(torch.optim.Optimizer):
             specs.append((copies, tasks))
         group_method = self._group_method(method, options, "branch")
         self._check_method(group_method, (0,), "branch")
-        # Every check passed: swap each replaced parameter for its copies in its param group.
-        for p, copies in zip(old, zip(*(copies for copies, _ in specs))):
-            group = self.optimizer.param_groups[held[id(p)]]
-            at = next(i for i, q in enumerate(group["params"]) if q is p)
-            group["params"][at:at + 1] = list(copies)
+        # Every check passed. In each param group, the copies take the place of the first parameter
+        # they replace there, branch by branch (copy 0's parameters, then copy 1's, ...): the order
+        # in which a rebuilt model's parameters() lists them, so a saved state_dict loads into an
+        # optimizer built afresh on the branched model.
+        index_of = {id(p): i for i, p in enumerate(old)}
+        for number in sorted({held[id(p)] for p in old}):
+            group = self.optimizer.param_groups[number]
+            mine = [i for i, p in enumerate(old) if held[id(p)] == number]
+            at = next(k for k, q in enumerate(group["params"]) if id(q) in index_of)
+            kept = [q for q in group["params"] if id(q) not in index_of]
+            group["params"][:] = kept[:at] + [copies[i] for copies, _ in specs for i in mine] + kept[at:]
+        for p in old:
             self.optimizer.state.pop(p, None)
+        # The new shared groups take the place of the first group that held a replaced parameter.
         gone = {id(p) for p in old}
+        place = next((k for k, group in enumerate(self.groups) if any(id(p) in gone for p in group.params)),
+                     len(self.groups))
         for group in self.groups:
             group.params = [p for p in group.params if id(p) not in gone]
-        self.groups = [group for group in self.groups if group.params]
+        before = [group for group in self.groups[:place] if group.params]
+        after = [group for group in self.groups[place:] if group.params]
         added = []
         for number, (copies, tasks) in enumerate(specs):
             branch_method = group_method if number == 0 and not any(g.method is group_method for g in self.groups) \
                 else group_method.fresh()
             added.append(SharedGroup(copies, tasks, branch_method))
-        self.groups.extend(added)
+        self.groups = before + added + after
         return added
 
     def _group_method(self, method, options: dict, what: str) -> methods.Method:

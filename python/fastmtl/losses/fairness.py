@@ -17,6 +17,7 @@ import torch
 from torch.nn import functional as F
 
 from fastmtl import _validate
+from fastmtl._numerics import accumulate_dtype
 
 
 def _labels(value: torch.Tensor, name: str, rows: int, device) -> torch.Tensor:
@@ -43,7 +44,8 @@ def fairness_loss(logits: torch.Tensor, y_true: torch.Tensor, sensitive: torch.T
     from the device (a batch may miss a group: its cells are empty). None: the groups are the
     distinct values of ``sensitive`` in this batch, read on the host, and fewer than two raise a
     ValueError (a loss that compares groups needs two).
-    Differentiable in ``logits``; a 0-d tensor in their dtype (0 for an empty batch)."""
+    Differentiable in ``logits``; a 0-d tensor in their dtype (0 for an empty batch), with the
+    cells' sums and means in float32 for float16/bfloat16 logits."""
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise TypeError(f"logits must be a floating-point tensor, got {getattr(logits, 'dtype', type(logits).__name__)}")
     binary = logits.dim() == 1 or (logits.dim() == 2 and logits.shape[1] == 1)
@@ -68,13 +70,19 @@ def fairness_loss(logits: torch.Tensor, y_true: torch.Tensor, sensitive: torch.T
         per_sample = F.binary_cross_entropy_with_logits(logits.reshape(-1), y.to(logits.dtype), reduction="none")
     else:
         per_sample = F.cross_entropy(logits, y, reduction="none")
-    cell = y * num_groups + s  # out-of-range labels or groups fail in index_add (CPU) or device-assert (CUDA)
-    sums = per_sample.new_zeros(classes * num_groups).index_add(0, cell, per_sample)
-    counts = per_sample.new_zeros(classes * num_groups).index_add(0, cell, torch.ones_like(per_sample))
+    # Out-of-range labels or groups fail in index_add (CPU) or device-assert (CUDA), with no host
+    # sync: a group id outside [0, num_groups) is sent past the end (y * num_groups + s alone
+    # would land in another label's cell).
+    cells = classes * num_groups
+    cell = torch.where((s >= 0) & (s < num_groups), y * num_groups + s, torch.full_like(s, cells))
+    # Sums and counts in float32 for float16/bfloat16 logits (bfloat16 counts only to 256 exactly).
+    per_sample = per_sample.to(accumulate_dtype(per_sample.dtype))
+    sums = per_sample.new_zeros(cells).index_add(0, cell, per_sample)
+    counts = per_sample.new_zeros(cells).index_add(0, cell, torch.ones_like(per_sample))
     means = (sums / counts.clamp_min(1)).reshape(classes, num_groups)
     present = (counts > 0).reshape(classes, num_groups)
     worst = torch.where(present, means, torch.full_like(means, float("-inf"))).amax(dim=1)
-    return torch.where(present.any(dim=1), worst, torch.zeros_like(worst)).sum()
+    return torch.where(present.any(dim=1), worst, torch.zeros_like(worst)).sum().to(logits.dtype)
 
 
 def fairness_weights(accuracy_grads, fairness_grads) -> torch.Tensor:

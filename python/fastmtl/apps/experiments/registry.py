@@ -4,16 +4,25 @@ and its quick and full configurations (``--quick``: a few minutes on 2 cores).
 
 The results may also hold one extra key, ``"_curves"``: ``{arm: {"step": [int], "value":
 [float]}}``, one training curve per arm for that seed (what ``curve_label`` names, e.g. the
-validation WGA per epoch); the runner collects them into the JSON's ``"curves"`` and plots them."""
+validation WGA per epoch); the runner collects them into the JSON's ``"curves"`` and plots them.
+And one more, ``"_details"``: ``{arm: {...}}``, whatever per-seed record of an arm does not fit
+one scalar per metric (per-task values, FairBranch's branching events), JSON-serialisable; the
+runner collects them into the JSON's ``"details"``: ``{arm: [one record per seed]}``.
+
+``figures(output, folder)``, when given, draws the experiment's own figures from the finished
+output (details included) into ``folder``, next to the JSON, and returns their paths."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 # run(config, seed, progress) -> {arm: {metric: float}} (plus, optionally, "_curves": {arm: {"step": [...],
-# "value": [...]}}); progress(arm) marks one arm done.
+# "value": [...]}} and "_details": {arm: {...}}); progress(arm) marks one arm done.
 RunOneSeed = Callable[[dict, int, Callable[[str], None]], dict]
+# figures(output, folder) -> the paths of the figures it wrote into folder.
+DrawFigures = Callable[[dict, Path], list[Path]]
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,7 @@ class Experiment:
     summary: Callable[[dict], dict] | None = None  # whole-run figures from {"arms": ...}, e.g. a ranking
     curve_label: str | None = None  # what the "_curves" of run() measure, e.g. "validation WGA"
     curve_x: str = "step"  # what their "step" counts, e.g. "fine-tuning epoch"
+    figures: DrawFigures | None = None  # the experiment's own figures, drawn after the runner's
 
 
 EXPERIMENTS: dict[str, Experiment] = {}

@@ -4,9 +4,11 @@ experiment for each seed, with a progress bar, and writes
 * ``DIR/NAME.json``: ``{"arms": {ARM: {METRIC: [one value per seed]}}, "config": {...},
   "summary": {...}}`` (arms and metrics in lower case with underscores), and, when the experiment
   returns training curves, ``"curves": {ARM: [{"step": [...], "value": [...]} per seed]}``,
-  ``"curve_label"`` (what the values are) and ``"curve_x"`` (what the steps count);
+  ``"curve_label"`` (what the values are) and ``"curve_x"`` (what the steps count), and, when it
+  returns per-seed details, ``"details": {ARM: [one record per seed]}``;
 * ``DIR/NAME.png``: each metric per arm, the mean with every seed's value over it, and the
-  training curves (one line per arm) when there are any.
+  training curves (one line per arm) when there are any;
+* the experiment's own figures, when it has a ``figures`` hook (e.g. ``DIR/NAME_tree.png``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def run_experiment(experiment: registry.Experiment, *, quick: bool, seeds: int |
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     arms = {arm: {metric: [] for metric in experiment.metrics} for arm in experiment.arms}
     curves: dict[str, list[dict]] = {}
+    details: dict[str, list] = {}
     started = time.perf_counter()
     with tqdm(total=seeds * len(experiment.arms), desc=experiment.name, unit="arm") as bar:
         for seed in range(seeds):
@@ -54,6 +57,11 @@ def run_experiment(experiment: registry.Experiment, *, quick: bool, seeds: int |
                     raise RuntimeError(f"experiment {experiment.name!r}: arm {arm!r}'s curve has {len(steps)} steps "
                                        f"and {len(values)} values")
                 curves.setdefault(arm, []).append({"step": steps, "value": values})
+            for arm, record in (results.pop("_details", None) or {}).items():
+                if arm not in experiment.arms:
+                    raise RuntimeError(f"experiment {experiment.name!r} returned details for {arm!r}, which is no arm")
+                # through JSON now: the summary and figures see what the file will hold (lists, not tuples)
+                details.setdefault(arm, []).append(json.loads(json.dumps(record)))
             missing = {arm for arm in experiment.arms if arm not in results}
             if missing:
                 raise RuntimeError(f"experiment {experiment.name!r} returned no results for arms {sorted(missing)}")
@@ -66,6 +74,8 @@ def run_experiment(experiment: registry.Experiment, *, quick: bool, seeds: int |
         output["curves"] = curves
         output["curve_label"] = experiment.curve_label or "training curve"
         output["curve_x"] = experiment.curve_x
+    if details:
+        output["details"] = details
     output["summary"] = experiment.summary(output) if experiment.summary else {}
     return output
 
@@ -86,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
         print("summary:", json.dumps(output["summary"]))
     png = plot_arms(output, experiment.name, out / f"{experiment.name}.png")
     print(f"results: {json_path}" + (f", plot: {png}" if png else ""))
+    if experiment.figures is not None:
+        for figure in experiment.figures(output, out):
+            print(f"figure: {figure}")
     return 0
 
 
