@@ -160,3 +160,13 @@ def pcgrad_per_vector_error_bound(G: torch.Tensor, reduction: str = "sum") -> fl
     mass = float(G.double().cpu().norm(dim=1).sum()) * (1 + gamma(P + 1, f64))
     local = 2 * gamma(P + 1, f64) + 3 * UNIT_ROUNDOFF[f64]
     return ((T - 1) * local * (1 + 2 * (T - 1) * local) + gamma(T + 1, f64)) * mass
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: small models, where threads only add overhead (and
+    contention on a busy machine). Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -341,3 +341,56 @@ def test_opcheck_cuda():
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("fbgrad, lambda_lag", [("merged", 0), ("merged", 1), ("within_branch", 0)])
+def test_fairbranch_step_without_host_sync(fbgrad, lambda_lag):
+    """A FairBranch training step on a branched model (forward, accuracy and fairness losses with
+    num_groups given, λ, FBGrad, the optimizer step) never reads a value back from the GPU; the
+    branching check, a host decision by nature, runs outside the watched step."""
+    torch.manual_seed(0)
+    trunk = [torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU()) for _ in range(1)]
+    trunk += [torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()) for _ in range(3)]
+    fb = fastmtl.FairBranch(trunk, [torch.nn.Linear(8, 2) for _ in range(4)], tau=0.0, branch_every=1,
+                            fbgrad=fbgrad, lambda_lag=lambda_lag).cuda()
+    opt = fb.make_optimizer(torch.optim.AdamW(fb.parameters(), lr=1e-2))
+    x = torch.randn(64, 6, device="cuda")
+    y, s = torch.randint(0, 2, (64, 4), device="cuda"), torch.randint(0, 2, (64,), device="cuda")
+
+    def step():
+        outs = fb(x)
+        opt.zero_grad()
+        fb.backward([torch.nn.functional.cross_entropy(o, y[:, t]) for t, o in enumerate(outs)],
+                    [fastmtl.fairness_loss(o, y[:, t], s, num_groups=2) for t, o in enumerate(outs)])
+        opt.step()
+
+    for _ in range(3):  # warm up, and branch (layers 3 and 2: merges whose children FBGrad projects)
+        step()
+        fb.after_step()
+    assert len(fb.events) >= 2
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_branching_ops_match_the_cpu():
+    """parameter_similarity (on the CUDA Gram kernel), fbgrad and fairness_loss on the GPU against
+    the CPU: float64 input, so both sides agree to a few float64 roundings. Bound: each side's error
+    is within a few γ_n of its value (Higham §3; n ≤ 1024 terms per dot product: the 32×32 kernels),
+    γ_1024 ≈ 1.1e-13 in float64, so 1e-12 (about 9 γ_1024, relative to values of order 1) holds
+    on any GPU and summation order."""
+    gen = torch.Generator().manual_seed(4)
+    thetas = [torch.randn(32, 5, generator=gen, dtype=torch.float64) for _ in range(6)]
+    cpu = fastmtl.parameter_similarity(thetas)
+    assert torch.allclose(fastmtl.parameter_similarity([cuda(t) for t in thetas]).cpu(), cpu, rtol=0, atol=1e-12)
+    G, F = torch.randn(2, 300, generator=gen, dtype=torch.float64), torch.randn(2, 7, generator=gen, dtype=torch.float64)
+    G[1] = -G[0] + 0.1 * G[1]  # a conflict: the projection fires
+    for a, b in zip(fastmtl.fbgrad(cuda(G), cuda(F)), fastmtl.fbgrad(G, F)):
+        assert torch.allclose(a.cpu(), b, rtol=0, atol=1e-12 * float(G.abs().max() + F.abs().max()))
+    logits = torch.randn(50, 2, generator=gen, dtype=torch.float64)
+    y, s = torch.randint(0, 2, (50,), generator=gen), torch.randint(0, 3, (50,), generator=gen)
+    expected = fastmtl.fairness_loss(logits, y, s, num_groups=3)
+    assert torch.allclose(fastmtl.fairness_loss(cuda(logits), cuda(y), cuda(s), num_groups=3).cpu(), expected,
+                          rtol=1e-12, atol=0)

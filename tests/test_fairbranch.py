@@ -22,13 +22,7 @@ from fastmtl.branching import BranchEvent
 torch.set_flush_denormal(True)  # these tests train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Models of width 6: threads only add overhead (and contention on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
 F64 = torch.float64
 U64 = UNIT_ROUNDOFF[F64]
@@ -395,9 +389,10 @@ def test_training_steps_match_the_hand_written_step(lambda_lag):
         accuracy, fairness = losses(fb, *batch)
         heads_accuracy = [torch.autograd.grad(accuracy[t], h.weight, retain_graph=True)[0] for t, h in enumerate(fb.heads)]
         opt.zero_grad()
+        stored = None if fb._lambda_next is None else fb._lambda_next.clone()
         got = fb.backward(accuracy, fairness)
         if lambda_lag and previous is None:
-            lambdas = got  # the test of branched_twice's step, which this test did not watch
+            lambdas = stored  # the test of branched_twice's step (not watched here): the λ it stored
         elif lambda_lag:
             lambdas = previous
         else:
@@ -535,8 +530,15 @@ def test_state_dict_round_trip(lambda_lag):
     other.branch()
     with pytest.raises(ValueError, match="branched already"):
         other.load_state_dict(fb.state_dict())
-    with pytest.raises(ValueError, match="another trunk"):
-        build(T=3, tau=0.9).load_state_dict(fb.state_dict(), strict=False)
+    # A state for another task count is refused before anything changes, strict or not.
+    for T in (3, 8):
+        other = build(T=T, tau=0.9)
+        before = (repr(other), [list(r) for r in other.route], [p.clone() for p in other.parameters()])
+        for strict in (True, False):
+            with pytest.raises(ValueError, match="another trunk or task count"):
+                other.load_state_dict(fb.state_dict(), strict=strict)
+        assert (repr(other), other.route) == before[:2]
+        assert all(torch.equal(p, q) for p, q in zip(other.parameters(), before[2]))
 
 
 def test_checkpoint_of_model_and_optimizer_resumes_after_branching():
@@ -638,6 +640,8 @@ def test_constructor_errors():
     for bad in ({"lambda_lag": True}, {"fair_from_start": 1}):
         with pytest.raises(TypeError):
             FairBranch(make_trunk(), heads, **bad)
+    with pytest.raises(ValueError, match="same parameter shapes"):  # merged heads are projected on each other
+        FairBranch(make_trunk(), [nn.Linear(D, 2), nn.Linear(D, 3)])
     with pytest.raises(ValueError, match="weight matrix"):  # layers 2 and up must have one to compare
         FairBranch([nn.Linear(D_IN, D), nn.Linear(D, D), nn.Tanh()], heads)
     # nn.Sequential and nn.ModuleList are sequences of layers; their layers are used as they are.

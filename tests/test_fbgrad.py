@@ -235,11 +235,17 @@ def test_nan_and_inf_rows():
         assert torch.equal(out.isnan(), G.isnan()) and torch.equal(out.isinf(), G.isinf())
         finite = torch.isfinite(G)
         assert torch.equal(out[finite], G[finite]) and torch.equal(out_f, F)
-        # A NaN follower of conflicting children: the NaN stays in its follower.
+        # A NaN/Inf follower of conflicting children: the weights are still projected, the follower
+        # comes back as it went in (its NaN/Inf only where it was), and a finite follower beside it
+        # is projected as usual.
         G2 = torch.tensor([[1.0, 0.0], [-1.0, 1.0]], dtype=F64)
         F2 = torch.tensor([[bad, 1.0], [1.0, 0.0]], dtype=F64)
-        out2, out2_f = fbgrad(G2, F2)
-        assert torch.equal(out2, fbgrad(G2)) and out2_f.isnan().any()
+        F3 = torch.tensor([[1.0, 1.0], [1.0, 0.0]], dtype=F64)
+        out2, out2_f, out3_f = fbgrad(G2, F2, F3)
+        assert torch.equal(out2, fbgrad(G2)) and not torch.equal(out2, G2)
+        assert torch.equal(out2_f.isnan(), F2.isnan()) and torch.equal(out2_f.isinf(), F2.isinf())
+        assert torch.equal(out2_f[torch.isfinite(F2)], F2[torch.isfinite(F2)])
+        assert torch.equal(out3_f, fbgrad(G2, F3)[1]) and not torch.equal(out3_f, F3)
 
 
 def test_huge_finite_gradients_are_projected():

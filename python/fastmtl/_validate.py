@@ -120,6 +120,14 @@ def clustering_target(n_groups, threshold, tasks: int) -> tuple[int | None, floa
     return None, float(threshold)
 
 
+def unit_interval(value, name: str) -> float:
+    """A real number in [0, 1] (a similarity threshold) as a Python float; NaN rejected."""
+    value = real(value, name)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1] (a similarity threshold), got {value!r}")
+    return value
+
+
 def positive(value, name: str) -> float:
     if is_bool(value) or not isinstance(value, numbers.Real) or not value > 0 or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")

@@ -74,6 +74,10 @@ def _weight(module: nn.Module, what: str) -> nn.Parameter:
                      "of tasks on")
 
 
+def _shapes(module: nn.Module) -> tuple:
+    return tuple(tuple(p.shape) for p in module.parameters())
+
+
 def _theta(module: nn.Module) -> torch.Tensor:
     """θ = Wᵀ with W flattened to [out, fan_in]: one row per input unit."""
     weight = _weight(module, type(module).__name__).detach()
@@ -99,7 +103,9 @@ class FairBranch(nn.Module):
     threshold τ: groups of any size); ``fbgrad`` "merged" (between the children of each merge,
     the authors' code) or "within_branch" (PCGrad between the fairness gradients of the tasks
     that share each branch copy, §IV-B's text; T backward passes); ``lambda_lag`` 0 (λ_t of the
-    same step, the paper) or 1 (the previous step's test, the code); ``fair_from_start`` True
+    same step, the paper) or 1 (the previous step's test, the code's: on the head's fairness gradient
+    as written, so a step with λ_t = 0 writes none and the next test passes; λ_t never stays 0
+    two steps running, as in the code); ``fair_from_start`` True
     (the paper) or False (fairness losses only after the first branching, the code)."""
 
     def __init__(self, trunk, heads, *, tau: float = 0.7, branch_every: int = 1, warmup: int = 0,
@@ -111,10 +117,7 @@ class FairBranch(nn.Module):
         heads = list(heads)
         if not heads or not all(isinstance(head, nn.Module) for head in heads):
             raise TypeError("heads must be a non-empty list of nn.Module task heads")
-        tau = _validate.real(tau, "tau")
-        if not 0.0 <= tau <= 1.0:
-            raise ValueError(f"tau must lie in [0, 1] (a CKA similarity threshold), got {tau!r}")
-        self.tau = tau
+        self.tau = _validate.unit_interval(tau, "tau")
         self.branch_every = _validate.integer(branch_every, "branch_every")
         self.warmup = _validate.integer(warmup, "warmup")
         if self.branch_every < 1 or self.warmup < 0:
@@ -129,6 +132,9 @@ class FairBranch(nn.Module):
         self.fair_from_start = bool(fair_from_start)
         for index, head in enumerate(heads):
             _weight(head, f"head {index}")
+        if len({_shapes(head) for head in heads}) != 1:  # merged heads are projected against each other
+            raise ValueError("every head must have the same parameter shapes (FBGrad projects the heads of merged "
+                             f"tasks against each other), got {[list(_shapes(head)) for head in heads]}")
         for index, layer in enumerate(layers[2:], start=2):  # layers 0 and 1 are never compared
             _weight(layer, f"trunk layer {index}")
         self.layers = nn.ModuleList(nn.ModuleList([layer]) for layer in layers)
@@ -266,24 +272,23 @@ class FairBranch(nn.Module):
 
     @staticmethod
     def _project_children(modules: list[nn.Module], grads: dict) -> None:
-        """FBGrad on the merged children's fairness gradients, in ``grads`` (by parameter id)."""
-        weights = [_weight(m, "a merged child") for m in modules]
-        others = [[p for p in m.parameters() if p is not w] for m, w in zip(modules, weights)]
-        trainable = [i for i, w in enumerate(weights) if w.requires_grad]
-        if len(trainable) < 2:
+        """FBGrad on the merged children's fairness gradients, in ``grads`` (by parameter id):
+        each child's weight, and each of its other parameters following the weights' test (all
+        children are copies of one layer, or heads of one shape: their parameters line up)."""
+        children = []  # per trainable child: its weight, then its other parameters in order
+        for m in modules:
+            weight = _weight(m, "a merged child")
+            if weight.requires_grad:  # a frozen child takes no part
+                children.append([weight] + [p for p in m.parameters() if p is not weight])
+        if len(children) < 2:
             return
-        if len({tuple(p.shape for p in m.parameters()) for m in modules}) != 1:
-            raise ValueError("FBGrad projects merged children against each other: they must have the same parameter "
-                             f"shapes, got {[[tuple(p.shape) for p in m.parameters()] for m in modules]}")
-        G = torch.stack([grads[id(weights[i])].reshape(-1) for i in trainable])
-        followers = [torch.stack([grads[id(others[i][k])].reshape(-1) for i in trainable])
-                     for k in range(len(others[trainable[0]])) if all(others[i][k].requires_grad for i in trainable)]
-        projected = project_apart(G, *followers)
-        projected = projected if followers else (projected,)
-        params = [[weights[i] for i in trainable]] + [[others[i][k] for i in trainable]
-                                                     for k in range(len(others[trainable[0]]))
-                                                     if all(others[i][k].requires_grad for i in trainable)]
-        for rows, column in zip(projected, params):
+        # One column per parameter position (the children are copies of one layer, or heads of one
+        # shape): the weights, then each follower that trains in every child.
+        columns = [list(column) for k, column in enumerate(zip(*children))
+                   if k == 0 or all(p.requires_grad for p in column)]
+        projected = project_apart(*(torch.stack([grads[id(p)].reshape(-1) for p in column]) for column in columns))
+        projected = projected if len(columns) > 1 else (projected,)
+        for rows, column in zip(projected, columns):
             for row, p in zip(rows, column):
                 grads[id(p)] = row.view_as(p)
 
@@ -366,15 +371,24 @@ class FairBranch(nn.Module):
                 "lambda_next": None if self._lambda_next is None else self._lambda_next.cpu()}
 
     def set_extra_state(self, state: dict) -> None:
-        """Rebuilds the branched structure (copies of each layer) before the parameters load."""
-        if not isinstance(state, dict) or state.get("version") != 1 or len(state["copies"]) != len(self.layers) \
-                or len(state["task_groups"]) and max(t for g in state["task_groups"] for t in g) >= self.tasks:
-            raise ValueError("this FairBranch state is for another trunk or task count")
+        """Rebuilds the branched structure (copies of each layer) before the parameters load.
+        Every check runs first: a state that does not fit leaves the model as it was."""
+        if not isinstance(state, dict) or state.get("version") != 1:
+            raise ValueError("this is not a FairBranch state (version 1)")
+        route, groups = state["route"], state["task_groups"]
+        if len(state["copies"]) != len(self.layers) or len(route) != len(self.layers) \
+                or any(len(r) != self.tasks for r in route) \
+                or sorted(t for g in groups for t in g) != list(range(self.tasks)) \
+                or any(not 0 <= c < count for r, count in zip(route, state["copies"]) for c in r):
+            raise ValueError(f"this FairBranch state is for another trunk or task count (it has {len(route)} layers "
+                             f"and tasks {sorted(t for g in groups for t in g)}; this model {len(self.layers)} layers "
+                             f"and {self.tasks} tasks)")
+        for l, count in enumerate(state["copies"]):
+            if count != len(self.layers[l]) and len(self.layers[l]) != 1:
+                raise ValueError(f"layer {l} is branched already into {len(self.layers[l])} copies; the state "
+                                 f"has {count}: load into a model built like the saved one, before it branches")
         for l, count in enumerate(state["copies"]):
             if count != len(self.layers[l]):
-                if len(self.layers[l]) != 1:
-                    raise ValueError(f"layer {l} is branched already into {len(self.layers[l])} copies; the state "
-                                     f"has {count}: load into a model built like the saved one, before it branches")
                 self.layers[l] = nn.ModuleList(self._copy(self.layers[l][0]) for _ in range(count))
         self.route = [list(r) for r in state["route"]]
         self.task_groups = [tuple(g) for g in state["task_groups"]]

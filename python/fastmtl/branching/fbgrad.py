@@ -27,18 +27,19 @@ from fastmtl._numerics import accumulate_dtype
 def _projection(K: torch.Tensor, fired: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """A [k, k] with row i = the coefficients of g_i's projected version in the originals
     (g_iᴾ = A_i · G), and the [k, k] decisions "g_i was projected against g_j". ``fired``: the
-    weight's decisions to follow (None: decide from K, i.e. this is the weight)."""
+    weight's decisions to follow (None: decide from K, i.e. this is the weight). A non-finite K
+    fires nothing (an Inf dot would "conflict"), for the weight and for a follower alike."""
     k = K.shape[0]
     A = torch.eye(k, dtype=K.dtype, device=K.device)
     decided = torch.zeros(k, k, dtype=torch.bool, device=K.device)
-    finite = torch.isfinite(K).all()  # a NaN/Inf anywhere: no test fires (an Inf dot would "conflict")
+    finite = torch.isfinite(K).all()
     for i in range(k):
         for j in range(k):
             if i == j:
                 continue
             dot, norm = A[i] @ K[:, j], K[j, j]
             coefficient = dot / torch.where(norm > 0, norm, torch.ones_like(norm))
-            fire = ((dot < 0) & (norm > 0) & finite) if fired is None else fired[i, j] & (norm > 0)
+            fire = ((dot < 0) if fired is None else fired[i, j]) & (norm > 0) & finite
             A[i, j] = A[i, j] - torch.where(fire, coefficient, torch.zeros_like(coefficient))
             decided[i, j] = fire
     return A, decided
@@ -67,7 +68,8 @@ def fbgrad(G: torch.Tensor, *followers: torch.Tensor) -> torch.Tensor | tuple[to
     (G, *followers)), new tensors in the input dtype. k = 1 returns copies. A zero row is never
     projected against; NaN/Inf anywhere in G make every test false (they reach every dot product in
     Gram space): every row, and every follower, comes back as it went in, NaN/Inf included where
-    they were, and no other row takes them up."""
+    they were, and no other row takes them up. NaN/Inf in a follower leave that follower's rows as
+    they came (the weights and the other followers are still projected)."""
     G = _validate.task_matrix(G)
     for index, follower in enumerate(followers):
         follower = _validate.task_matrix(follower, f"followers[{index}]")

@@ -23,13 +23,13 @@ from fastmtl import _validate, functional
 from fastmtl._numerics import accumulate_dtype
 
 
-# The norms of the scaled kernels below are 0 or >= 1/16 (see _centred_kernel): this eps only
+# The norms of the scaled kernels below are 0 or >= 1/16 (see _centred_kernels): this eps only
 # turns 0/0 into 0 (eps² = 2^-40 is a normal float32), and never touches a non-zero kernel.
 _EPS = 2.0**-20
 
 
-def _centred_kernel(theta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """H θ θᵀ H flattened, times a power of two.
+def _centred_kernels(thetas: torch.Tensor) -> torch.Tensor:
+    """H θ θᵀ H flattened, times a power of two, for a batch θ [m, n, p] (one kernel per row).
 
     θ's first row is subtracted first (H(θ - 1r) = Hθ for any row r), so a matrix whose rows are
     all equal gives an exactly zero kernel, whatever the rounding of a mean. The difference is
@@ -38,13 +38,28 @@ def _centred_kernel(theta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     are centred (subtracting the mean row centres the kernel); some centred entry keeps at least
     half the largest one (row 0 of the difference is 0), so a non-zero kernel has an entry of at
     least 1/16 on its diagonal and none above p: the Gram can neither overflow nor underflow."""
-    theta = theta.detach().to(dtype)
-    shifted = theta - theta[:1]
-    _, exponent = torch.frexp(shifted.abs().amax())  # NaN/Inf: exponent 0, and they stay in shifted
+    shifted = thetas - thetas[:, :1]
+    _, exponent = torch.frexp(shifted.abs().amax(dim=(1, 2), keepdim=True))  # NaN/Inf: exponent 0, kept
     half = torch.div(exponent, 2, rounding_mode="floor")
-    shifted = torch.ldexp(torch.ldexp(shifted, -half), half - exponent)  # two steps: 2^-e may not be representable
-    centred = shifted - shifted.mean(dim=0, keepdim=True)
-    return (centred @ centred.T).reshape(-1)
+    one = torch.ones(half.shape, dtype=thetas.dtype, device=thetas.device)
+    # Two power-of-two factors (2^-e itself may not be representable), each an exact multiply.
+    shifted = shifted * torch.ldexp(one, -half) * torch.ldexp(one, half - exponent)
+    centred = shifted - shifted.mean(dim=1, keepdim=True)
+    return (centred @ centred.transpose(1, 2)).flatten(1)
+
+
+def _kernel_matrix(params: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """The [T, n²] centred kernels, the matrices of one shape batched together (the usual case:
+    heads of one width, or the copies of one layer): a few ops for all of them, not per matrix."""
+    by_shape: dict[tuple, list[int]] = {}
+    for t, theta in enumerate(params):
+        by_shape.setdefault(tuple(theta.shape), []).append(t)
+    n = params[0].shape[0]
+    kernels = torch.empty(len(params), n * n, dtype=dtype, device=params[0].device)
+    for indices in by_shape.values():
+        batch = torch.stack([params[t].detach().to(dtype) for t in indices])
+        kernels[indices] = _centred_kernels(batch)
+    return kernels
 
 
 def _matrices(params, name: str) -> list[torch.Tensor]:
@@ -81,8 +96,7 @@ def parameter_similarity(params, *, impl: str = "auto") -> torch.Tensor:
     """
     params = _matrices(params, "params")
     dtype = accumulate_dtype(functools.reduce(torch.promote_types, [theta.dtype for theta in params]))
-    kernels = torch.stack([_centred_kernel(theta, dtype) for theta in params])
-    return functional.cosine_similarity(kernels, eps=_EPS, impl=impl)
+    return functional.cosine_similarity(_kernel_matrix(params, dtype), eps=_EPS, impl=impl)
 
 
 def linear_cka(A: torch.Tensor, B: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
@@ -100,9 +114,7 @@ def pair_tasks(S: torch.Tensor, tau: float) -> list[tuple[int, ...]]:
     [0, 1]. Returns the groups, pairs and singletons, each a sorted tuple of task indices,
     ordered by their first task. Runs on the host: O(T² log T)."""
     S = _validate.similarity_matrix(S)
-    tau = _validate.real(tau, "tau")
-    if not 0.0 <= tau <= 1.0:
-        raise ValueError(f"tau must lie in [0, 1] (a similarity threshold), got {tau!r}")
+    tau = _validate.unit_interval(tau, "tau")
     T = S.shape[0]
     rows, cols = torch.triu_indices(T, T, offset=1)
     values = S[rows, cols]
