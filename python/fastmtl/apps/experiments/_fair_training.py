@@ -59,29 +59,17 @@ class FairData:
     s_test: torch.Tensor
 
 
-class SharedTrunk(nn.Module):
-    """The trunk layers in sequence, then one head per task: ``forward`` gives the per-task logits
-    (the ``stl_fair``, ``mtl``, ``mtl_fair`` and ``pcgrad`` model; FairBranch builds its own from
-    the same layers)."""
-
-    def __init__(self, trunk: list[nn.Module], heads: list[nn.Module]):
-        super().__init__()
-        self.trunk, self.heads = nn.Sequential(*trunk), nn.ModuleList(heads)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        z = self.trunk(x)
-        return [head(z) for head in self.heads]
-
-
 def build_layers(inputs: int, hidden, tasks: int, batch_norm: bool) -> tuple[list[nn.Module], list[nn.Module]]:
-    """The trunk, one module per layer (what FairBranch branches): Linear+ReLU, or
-    Linear+BatchNorm1d+ReLU with ``batch_norm``; and ``tasks`` 2-way linear heads."""
-    layers, width = [], inputs
-    for size in hidden:
-        parts = [nn.Linear(width, size)] + ([nn.BatchNorm1d(size)] if batch_norm else []) + [nn.ReLU()]
-        layers.append(nn.Sequential(*parts))
-        width = size
-    return layers, [nn.Linear(width, 2) for _ in range(tasks)]
+    """The trunk, one module per layer (``mt.mlp_layers``: what FairBranch branches), and ``tasks``
+    2-way linear heads."""
+    layers = mt.mlp_layers(inputs, hidden, batch_norm)
+    return layers, [nn.Linear(hidden[-1], 2) for _ in range(tasks)]
+
+
+def shared_trunk(trunk: list[nn.Module], heads: list[nn.Module]) -> mt.MultiHead:
+    """The trunk layers in sequence, then one head per task (the ``stl_fair``, ``mtl``,
+    ``mtl_fair`` and ``pcgrad`` model; FairBranch builds its own from the same layers)."""
+    return mt.MultiHead(nn.Sequential(*trunk), heads)
 
 
 def batches(rows: int, batch: int, epochs: int, seed: int):
@@ -108,11 +96,11 @@ def _adamw(model: nn.Module, config: dict) -> torch.optim.AdamW:
     return torch.optim.AdamW(model.parameters(), lr=config["lr"])
 
 
-def train_single_task(data: FairData, config: dict, seed: int, task: int) -> SharedTrunk:
+def train_single_task(data: FairData, config: dict, seed: int, task: int) -> mt.MultiHead:
     """The fair single-task learner of column ``task``: L_t + F_t (λ = 1, as the authors' STL)."""
     torch.manual_seed(seed)
     trunk, heads = build_layers(data.x_train.shape[1], config["hidden"], 1, config["batch_norm"])
-    model = SharedTrunk(trunk, heads)
+    model = shared_trunk(trunk, heads)
     adamw = _adamw(model, config)
     model.train()
     for index in batches(len(data.x_train), config["batch"], config["epochs"], seed):
@@ -124,18 +112,18 @@ def train_single_task(data: FairData, config: dict, seed: int, task: int) -> Sha
     return model
 
 
-def train_shared(data: FairData, config: dict, seed: int, arm: str) -> SharedTrunk:
+def train_shared(data: FairData, config: dict, seed: int, arm: str) -> mt.MultiHead:
     """``mtl`` (Σ L_t), ``mtl_fair`` (Σ L_t + λ F_t) or ``pcgrad`` (PCGrad on the L_t of the
     trunk's parameters; the heads get their own plain gradients)."""
     if arm not in ("mtl", "mtl_fair", "pcgrad"):
         raise ValueError(f"no shared arm {arm!r}")
     torch.manual_seed(seed)
     tasks = range(len(data.tasks))
-    model = SharedTrunk(*build_layers(data.x_train.shape[1], config["hidden"], len(tasks), config["batch_norm"]))
+    model = shared_trunk(*build_layers(data.x_train.shape[1], config["hidden"], len(tasks), config["batch_norm"]))
     adamw = _adamw(model, config)
     pcgrad = None
     if arm == "pcgrad":
-        pcgrad = fastmtl.MTLOptimizer(adamw, "pcgrad", shared=model.trunk.parameters(),
+        pcgrad = fastmtl.MTLOptimizer(adamw, "pcgrad", shared=model.encoder.parameters(),
                                       generator=torch.Generator().manual_seed(seed))
     model.train()
     for index in batches(len(data.x_train), config["batch"], config["epochs"], seed):

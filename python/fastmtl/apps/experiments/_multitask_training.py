@@ -56,6 +56,16 @@ class Task:
         return (out.squeeze(1) > 0).long() if self.classes == 1 else out.argmax(1)
 
 
+def mlp_layers(inputs: int, hidden, batch_norm: bool = False) -> list[nn.Module]:
+    """An MLP as a list of layers, one module each (what FairBranch branches): Linear+ReLU, or
+    Linear+BatchNorm1d+ReLU with ``batch_norm``."""
+    layers, width = [], inputs
+    for size in hidden:
+        layers.append(nn.Sequential(nn.Linear(width, size), *([nn.BatchNorm1d(size)] if batch_norm else []), nn.ReLU()))
+        width = size
+    return layers
+
+
 def build(make_encoder, width: int, tasks: list[Task], head_hidden: int = 0) -> MultiHead:
     """The encoder and one head per task: linear, or with one hidden ReLU layer of ``head_hidden``."""
     def head(classes: int) -> nn.Module:

