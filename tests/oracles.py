@@ -139,3 +139,46 @@ def fairness_loss_direct(logits: torch.Tensor, y: torch.Tensor, s: torch.Tensor,
         if worst is not None:
             total = total + worst
     return total
+
+
+def dual_cone_exact_solution(A: torch.Tensor, u: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """The exact solution of min vᵀAv s.t. v >= u for the float64 numbers A, u taken as rationals:
+    principal pivoting (Murty's least-index rule, which terminates on a positive definite A) from
+    the free set ``start``, every solve and sign test in exact arithmetic; v* rounded to float64."""
+    from fractions import Fraction
+
+    T = len(u)
+    A = [[Fraction(x) for x in row] for row in A.tolist()]
+    u = [Fraction(x) for x in u.tolist()]
+    q = [sum(A[i][j] * u[j] for j in range(T)) for i in range(T)]
+    free = {i for i in range(T) if bool(start[i])}
+    for _ in range(2**T):
+        idx = sorted(free)
+        s = [Fraction(0)] * T
+        for i, x in zip(idx, _solve_rational([[A[i][j] for j in idx] for i in idx], [-q[i] for i in idx])):
+            s[i] = x
+        w = [q[i] + sum(A[i][j] * s[j] for j in idx) for i in range(T)]
+        wrong = [i for i in range(T) if (s[i] < 0 if i in free else w[i] < 0)]
+        if not wrong:
+            return torch.tensor([float(u[i] + s[i]) for i in range(T)], dtype=torch.float64)
+        free ^= {wrong[0]}
+    raise AssertionError("Murty's rule must terminate on a positive definite matrix")
+
+
+def _solve_rational(M, b):
+    """Gaussian elimination on Fractions (M is non-singular: a principal submatrix of A > 0)."""
+    from fractions import Fraction
+
+    n = len(b)
+    rows = [row[:] + [value] for row, value in zip(M, b)]
+    for col in range(n):
+        pivot = next(r for r in range(col, n) if rows[r][col] != 0)
+        rows[col], rows[pivot] = rows[pivot], rows[col]
+        for r in range(col + 1, n):
+            if rows[r][col]:
+                factor = rows[r][col] / rows[col][col]
+                rows[r] = [x - factor * y for x, y in zip(rows[r], rows[col])]
+    x = [Fraction(0)] * n
+    for r in range(n - 1, -1, -1):
+        x[r] = (rows[r][n] - sum(rows[r][c] * x[c] for c in range(r + 1, n))) / rows[r][r]
+    return x

@@ -183,16 +183,6 @@ def test_cagrad_c_zero_is_the_mean_and_rescale_divides():
         fastmtl.aggregate(G, "cagrad", rescale=3)
 
 
-def test_project_to_simplex():
-    from fastmtl.methods.cagrad import project_to_simplex
-
-    for v in (torch.tensor([0.2, 0.3, 0.5]), torch.tensor([2.0, -1.0, 0.5]), torch.tensor([-3.0, -3.0])):
-        w = project_to_simplex(v.double())
-        assert (w >= 0).all() and abs(float(w.sum()) - 1) < 1e-12
-    assert torch.allclose(project_to_simplex(torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)),
-                          torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
-
-
 @pytest.mark.parametrize("T", [2, 3, 5, 8])
 def test_nash_mtl_matches_torchjd(T):
     pytest.importorskip("cvxpy")
