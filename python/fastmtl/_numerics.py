@@ -1,5 +1,6 @@
 """Numeric conventions shared by the ops, the methods and the fake kernels (not the test oracle):
-the accumulation dtype of each input dtype and the cosine of a Gram matrix."""
+the accumulation dtype of each input dtype, the cosine of a Gram matrix and torchjd's trace
+normalisation of one."""
 
 from __future__ import annotations
 
@@ -16,3 +17,11 @@ def cosine_from_gram(K: torch.Tensor, eps: float) -> torch.Tensor:
     convention: zero-norm tasks get cosine 0, never NaN; tiny but non-zero norms are exact."""
     norms = K.diagonal().clamp_min(0).sqrt().clamp_min(eps)
     return K / torch.outer(norms, norms)
+
+
+def trace_normalised(K: torch.Tensor, norm_eps: float) -> torch.Tensor:
+    """K / trace(K), or zeros when the trace is below ``norm_eps``: torchjd's normalisation of the
+    Gram matrix before its dual-cone and CAGrad solves (no host sync: chosen with torch.where)."""
+    trace = K.diagonal().sum()
+    small = trace < norm_eps
+    return torch.where(small, torch.zeros_like(K), K / torch.where(small, 1.0, trace))

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import torch
 
+from fastmtl._numerics import trace_normalised
 from fastmtl.methods import _options
 from fastmtl.methods.base import GramWeighting, register
 
@@ -79,8 +80,7 @@ class CAGrad(GramWeighting):
 def cagrad_weights(K: torch.Tensor, *, c: float, rescale: int, norm_eps: float, max_iters: int,
                    tol: float) -> torch.Tensor:
     T = K.shape[0]
-    trace = K.diagonal().sum()
-    K = torch.where(trace < norm_eps, torch.zeros_like(K), K / torch.where(trace < norm_eps, 1.0, trace))
+    K = trace_normalised(K, norm_eps)
     mean = torch.full((T,), 1.0 / T, dtype=K.dtype, device=K.device)
     b = K @ mean  # g_i . g0
     s = (mean @ b).clamp_min(0)  # |g0|²

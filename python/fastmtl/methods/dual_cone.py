@@ -60,6 +60,7 @@ from typing import NamedTuple
 
 import torch
 
+from fastmtl._numerics import trace_normalised
 from fastmtl.methods import _options
 from fastmtl.methods.base import GramWeighting, register
 
@@ -93,10 +94,7 @@ class DualConeQP(NamedTuple):
 def regularised_gram(K: torch.Tensor, *, norm_eps: float, reg_eps: float) -> torch.Tensor:
     """A = K / trace(K) + reg·I in float64 (K treated as 0 when its trace is below norm_eps)."""
     K = K.double()
-    trace = K.diagonal().sum()
-    small = trace < norm_eps
-    normalised = torch.where(small, torch.zeros_like(K), K / torch.where(small, 1.0, trace))
-    return normalised + reg_eps * torch.eye(K.shape[0], dtype=K.dtype, device=K.device)
+    return trace_normalised(K, norm_eps) + reg_eps * torch.eye(K.shape[0], dtype=K.dtype, device=K.device)
 
 
 def dual_cone_projection_weights(K: torch.Tensor, U: torch.Tensor, *, norm_eps: float, reg_eps: float,
