@@ -61,11 +61,15 @@ inline void check_out(const at::Tensor& grads, const at::Tensor& out) {
   check_out_does_not_overlap(grads, out);
 }
 
-inline void check_pcgrad_inputs(const at::Tensor& gram, const std::optional<at::Tensor>& order) {
+inline void check_gram_matrix(const at::Tensor& gram) {
   TORCH_CHECK(gram.dim() == 2 && gram.size(0) == gram.size(1) && gram.size(0) > 0,
               "fastmtl: gram must be a non-empty square [T, T] matrix, got shape ", gram.sizes());
   TORCH_CHECK(at::isFloatingType(gram.scalar_type()), "fastmtl: gram must be floating-point, got ",
               gram.scalar_type());
+}
+
+inline void check_pcgrad_inputs(const at::Tensor& gram, const std::optional<at::Tensor>& order) {
+  check_gram_matrix(gram);
   if (order.has_value()) {
     const int64_t T = gram.size(0);
     TORCH_CHECK(order->dim() == 2 && order->size(0) == T && order->size(1) == T, "fastmtl: order must be [T, T] = [",

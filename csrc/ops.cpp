@@ -1,5 +1,7 @@
 // The single place that declares every fastmtl operator schema, plus the CPU kernels.
 // CUDA kernels register themselves in csrc/cuda/*_cuda.cu with TORCH_LIBRARY_IMPL(fastmtl, CUDA, m);
+// The Gram-space weight ops (mgda_weights ... cagrad_weights) register their CPU kernels next to
+// them in csrc/cpu/*_cpu.cpp, as the CUDA ones do.
 // Python registers a fake (meta) kernel for each op in python/fastmtl/_fake.py.
 #include <torch/library.h>
 
@@ -15,6 +17,19 @@ TORCH_LIBRARY(fastmtl, m) {
   // PCGrad task weights w (sum of the projected gradients = w . G) from the Gram matrix;
   // order[i] is the order in which task i meets the others (None: index order).
   m.def("pcgrad_weights(Tensor gram, Tensor? order) -> Tensor");
+  // Gram-space task weights from K (any floating dtype, solved in float64; float64 outputs; a
+  // non-finite K gives all-NaN outputs). The maths: csrc/include/fastmtl/*_math.h; the reference:
+  // python/fastmtl/methods.
+  m.def("mgda_weights(Tensor gram, int max_iters, float epsilon) -> Tensor");
+  m.def("nash_mtl_weights(Tensor gram, float max_norm, int iterations) -> Tensor");
+  m.def("imtl_g_weights(Tensor gram) -> Tensor");
+  m.def("aligned_mtl_weights(Tensor gram, str scale_mode) -> Tensor");
+  // GradVac: (weights [T], updated targets [T, T]) from the targets φ̂ [T, T] (float64).
+  m.def("gradvac_weights(Tensor gram, Tensor targets, Tensor? order, float beta, float eps) -> (Tensor, Tensor)");
+  // UPGrad / DualProj: argmin v^T A v s.t. v >= u for each row u of U [m, T] (float64), with
+  // A = K / trace(K) + reg_eps I (K = 0 when its trace is below norm_eps): V [m, T].
+  m.def("dual_cone_weights(Tensor gram, Tensor U, float norm_eps, float reg_eps) -> Tensor");
+  m.def("cagrad_weights(Tensor gram, float c, int rescale, float norm_eps, int max_iters, float tol) -> Tensor");
   // out = weights . grads, in grads' dtype.
   m.def("combine(Tensor grads, Tensor weights) -> Tensor");
   m.def("combine_into(Tensor grads, Tensor weights, Tensor(a!) out) -> ()");

@@ -42,3 +42,22 @@ def _graddrop_fake(grads, leak, signs, seed):
 @torch.library.register_fake("fastmtl::cluster_tasks")
 def _cluster_tasks_fake(similarity, n_groups, threshold, linkage):
     return similarity.new_empty((similarity.shape[0],), dtype=torch.int64)
+
+
+def _weights_fake(gram, *options):
+    return gram.new_empty((gram.shape[0],), dtype=torch.float64)
+
+
+for _name in ("mgda_weights", "nash_mtl_weights", "imtl_g_weights", "aligned_mtl_weights", "cagrad_weights"):
+    torch.library.register_fake(f"fastmtl::{_name}")(_weights_fake)
+
+
+@torch.library.register_fake("fastmtl::gradvac_weights")
+def _gradvac_weights_fake(gram, targets, order, beta, eps):
+    tasks = gram.shape[0]
+    return gram.new_empty((tasks,), dtype=torch.float64), gram.new_empty((tasks, tasks), dtype=torch.float64)
+
+
+@torch.library.register_fake("fastmtl::dual_cone_weights")
+def _dual_cone_weights_fake(gram, U, norm_eps, reg_eps):
+    return gram.new_empty(U.shape, dtype=torch.float64)

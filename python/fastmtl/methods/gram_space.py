@@ -16,6 +16,7 @@ LAPACK-style info check synchronises with the host once per weight update.
 
 import torch
 
+from fastmtl import functional
 from fastmtl.methods import _options
 from fastmtl.methods.base import GramWeighting, register
 
@@ -33,6 +34,8 @@ class MGDA(GramWeighting):
                          epsilon=_options.real(self.name, "epsilon", epsilon, low=0.0, low_open=True), impl=impl)
 
     def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        if functional.use_extension(self.impl, K):  # csrc/include/fastmtl/mgda_math.h, one launch
+            return torch.ops.fastmtl.mgda_weights(K, self.options["max_iters"], self.options["epsilon"])
         return mgda_weights(K, self.options["max_iters"], self.options["epsilon"])
 
 
