@@ -1,0 +1,151 @@
+"""The compiled MGDA solve (torch.ops.fastmtl.mgda_weights, csrc/include/fastmtl/mgda_math.h)
+against the torch reference (methods/gram_space.py: mgda_weights), hand-computed cases and
+Frank-Wolfe's own optimality certificate; the NaN policy, argument checks, CUDA vs CPU."""
+
+import math
+
+import pytest
+import torch
+
+import fastmtl
+from fastmtl.methods.gram_space import mgda_weights
+
+pytestmark = pytest.mark.skipif(not fastmtl.HAS_EXT, reason="fastmtl._C not built")
+EPS = torch.finfo(torch.float64).eps
+
+
+def op(K, max_iters=100, epsilon=1e-3):
+    return torch.ops.fastmtl.mgda_weights(K, max_iters, epsilon)
+
+
+def gram_of(G):
+    return G @ G.T
+
+
+def families(T, seed):
+    """Gram matrices of random, rank-deficient, zero-row, duplicated and opposite task gradients."""
+    gen = torch.Generator().manual_seed(seed)
+    G = torch.randn(T, 40, generator=gen, dtype=torch.float64)
+    yield "random", gram_of(G)
+    rank = max(1, T // 3)
+    yield "rank-deficient", gram_of(torch.randn(T, rank, generator=gen, dtype=torch.float64)
+                                    @ torch.randn(rank, 40, generator=gen, dtype=torch.float64))
+    zero = G.clone()
+    zero[0] = 0
+    yield "zero row", gram_of(zero)
+    duplicated = G.clone()
+    duplicated[T // 2] = duplicated[0]
+    yield "duplicated", gram_of(duplicated)
+    opposite = G.clone()
+    opposite[T - 1] = -opposite[0]
+    yield "opposite", gram_of(opposite)
+
+
+def certificate(K, alpha):
+    """(f, gap): f = αᵀKα and the Frank-Wolfe gap αᵀKα - min_j (Kα)_j, which bounds f - f*."""
+    K_alpha = K @ alpha
+    f = alpha @ K_alpha
+    return f, f - K_alpha.min()
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 5, 8, 16, 33, 64])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_matches_reference_up_to_the_frank_wolfe_gap(T, seed):
+    # Both run the same Frank-Wolfe steps; rounding (or a near-tie in the argmin) may change the
+    # path, never the guarantee: f* <= f(α) <= f* + gap(α) for each, so their values differ by at
+    # most the larger gap, plus the rounding of f and of the gap: sums of T² products of size
+    # <= max|K| (γ_{T²} ≤ 1.01 T² u relative; 4 such sums).
+    for family, K in families(T, seed):
+        alpha, expected = op(K), mgda_weights(K, 100, 1e-3)
+        assert alpha.dtype == torch.float64 and alpha.shape == (T,)
+        assert (alpha >= 0).all() and abs(float(alpha.sum()) - 1) <= 4 * T * EPS, family
+        f, gap = certificate(K, alpha)
+        f_ref, gap_ref = certificate(K, expected)
+        rounding = 4 * 1.01 * T * T * EPS * float(K.abs().max())
+        assert abs(float(f - f_ref)) <= max(float(gap), float(gap_ref)) + rounding, family
+
+
+@pytest.mark.parametrize("T", [2, 5, 16])
+def test_same_steps_as_reference_on_well_separated_input(T):
+    # Orthogonal gradients of distinct norms: the vertex picked at every step is separated from
+    # the others by far more than rounding, so both follow one path and agree to rounding:
+    # each step is O(T) operations on values <= max K, over <= 100 steps.
+    K = torch.diag(torch.arange(1, T + 1, dtype=torch.float64) ** 2)
+    alpha = op(K, 100, 1e-9)
+    expected = mgda_weights(K, 100, 1e-9)
+    assert (alpha - expected).abs().max() <= 100 * 4 * T * EPS
+
+
+def test_hand_computed():
+    # K = diag(1, 4): from (1/2, 1/2), Kα = (1/2, 2), t = 0, a = 1/2, b = 5/4, c = 1:
+    # γ = (5/4 - 1/2) / (5/4 + 1 - 1) = 3/5, α = (4/5, 1/5), the exact minimiser (Kα = (4/5, 4/5));
+    # the next step has γ = 0 < ε and stops.
+    alpha = op(torch.diag(torch.tensor([1.0, 4.0], dtype=torch.float64)))
+    assert torch.allclose(alpha, torch.tensor([0.8, 0.2], dtype=torch.float64), rtol=0, atol=4 * EPS)
+    # T = 1: the only point of the simplex.
+    assert op(torch.tensor([[3.0]], dtype=torch.float64)).tolist() == [1.0]
+    # Zero K: every point is optimal; the first step sees c <= a (0 <= 0) and moves to the
+    # lowest-index vertex, as the reference and torchjd's MGDA.
+    assert op(torch.zeros(3, 3, dtype=torch.float64)).tolist() == [1.0, 0.0, 0.0]
+    # A zero gradient among others: the minimum norm is 0, at that vertex.
+    K = torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    assert op(K).tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("scale", [1e-150, 1e150])
+def test_scale_free(scale):
+    # α depends on K only up to scale; the powers of two keep the scaling exact.
+    K = gram_of(torch.randn(6, 20, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+    factor = 2.0 ** round(math.log2(scale))
+    assert torch.equal(op(K * factor), op(K))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_gram_gives_nan(bad):
+    K = torch.eye(4, dtype=torch.float64)
+    K[1, 2] = bad
+    assert op(K).isnan().all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_any_floating_gram_is_solved_in_float64(dtype):
+    K = gram_of(torch.randn(5, 8, generator=torch.Generator().manual_seed(4))).to(dtype)
+    assert torch.equal(op(K), op(K.double()))
+
+
+def test_non_contiguous_gram():
+    K = gram_of(torch.randn(6, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64))
+    assert torch.equal(op(K.T), op(K.T.contiguous()))
+
+
+@pytest.mark.parametrize("args, message", [
+    ((torch.zeros(2, 3), 10, 1e-3), "square"),
+    ((torch.zeros(0, 0), 10, 1e-3), "non-empty"),
+    ((torch.zeros(2, 2, dtype=torch.int64), 10, 1e-3), "floating"),
+    ((torch.eye(2), 0, 1e-3), "max_iters"),
+    ((torch.eye(2), 10, 0.0), "epsilon"),
+])
+def test_bad_arguments_raise(args, message):
+    with pytest.raises(RuntimeError, match=message):
+        op(*args)
+
+
+def test_method_uses_the_op():
+    G = torch.randn(5, 30, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    compiled = fastmtl.methods.create("mgda", impl="cpp")
+    K = gram_of(G)
+    assert torch.equal(compiled.weights(K), op(K))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+@pytest.mark.parametrize("T", [1, 3, 16, 64, 100])  # 100: K in global memory
+def test_cuda_matches_cpu(T):
+    for family, K in families(T, 7):
+        # The same float64 operations in the same order on both: equal up to FMA contraction
+        # (nvcc contracts by default): a relative 2u per operation, far below the path margin.
+        cpu = op(K)
+        cuda = op(K.cuda()).cpu()
+        f, gap = certificate(K, cpu)
+        f_cuda, _ = certificate(K, cuda)
+        assert abs(float(f_cuda - f)) <= float(gap) + 4 * 1.01 * T * T * EPS * float(K.abs().max()), family
