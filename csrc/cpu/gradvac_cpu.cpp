@@ -21,14 +21,14 @@ std::tuple<at::Tensor, at::Tensor> gradvac_weights_cpu(const at::Tensor& gram, c
   const at::Tensor order_rows = order.has_value() ? order->contiguous() : at::Tensor();
   const GradVacSolver solver{targets_rows.const_data_ptr<double>(),
                              order.has_value() ? order_rows.const_data_ptr<int64_t>() : nullptr, beta, eps};
-  const at::Tensor out = run_small_solve_cpu(gram, T, solver);  // [coefficients T x T | targets T x T]
-  const double* coefficients = out.const_data_ptr<double>();
+  const at::Tensor out = run_small_solve_cpu(gram, T, solver);  // [targets T x T | coefficients T x T]
+  const double* coefficients = out.const_data_ptr<double>() + T * T;
   at::Tensor weights = at::zeros({T}, out.options());
   double* w = weights.data_ptr<double>();
   for (int64_t i = 0; i < T; ++i) {
     for (int64_t k = 0; k < T; ++k) w[k] += coefficients[i * T + k];
   }
-  return {weights, out.narrow(0, T * T, T * T).view({T, T})};
+  return {weights, out.narrow(0, 0, T * T).view({T, T})};
 }
 
 }  // namespace

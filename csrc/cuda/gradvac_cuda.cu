@@ -25,8 +25,8 @@ std::tuple<at::Tensor, at::Tensor> gradvac_weights_cuda(const at::Tensor& gram, 
   const at::Tensor order_rows = order.has_value() ? order->contiguous() : at::Tensor();
   const GradVacSolver solver{targets_rows.const_data_ptr<double>(),
                              order.has_value() ? order_rows.const_data_ptr<int64_t>() : nullptr, beta, eps};
-  const at::Tensor out = run_small_solve_cuda(gram, T, solver);  // [coefficients T x T | targets T x T]
-  return {out.narrow(0, 0, T * T).view({T, T}).sum(0), out.narrow(0, T * T, T * T).view({T, T})};
+  const at::Tensor out = run_small_solve_cuda(gram, T, solver);  // [targets T x T | coefficients T x T]
+  return {out.narrow(0, T * T, T * T).view({T, T}).sum(0), out.narrow(0, 0, T * T).view({T, T})};
 }
 
 }  // namespace

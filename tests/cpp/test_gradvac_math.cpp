@@ -27,9 +27,9 @@ Result solve(const std::vector<double>& K, const std::vector<double>& targets, c
     std::vector<double> scratch(solver.scratch_size(T), -123.0);
     solver(K.data(), T, i, scratch.data(), out.data());
   }
-  Result result{std::vector<double>(T, 0.0), std::vector<double>(out.begin() + T * T, out.end())};
+  Result result{std::vector<double>(T, 0.0), std::vector<double>(out.begin(), out.begin() + T * T)};
   for (int64_t i = 0; i < T; ++i) {
-    for (int64_t k = 0; k < T; ++k) result.weights[k] += out[i * T + k];
+    for (int64_t k = 0; k < T; ++k) result.weights[k] += out[T * T + i * T + k];
   }
   return result;
 }

@@ -30,12 +30,13 @@ struct GradVacSolver {
   double eps;             // > 0, keeps the cosine and the step finite for zero gradients
 
   FASTMTL_HOST_DEVICE int64_t scratch_size(int64_t T) const { return T; }  // v = c K
-  // out = [coefficients c_i, row i of job i: T x T | updated targets, row i of job i: T x T].
+  // out = [updated targets, row i of job i: T x T | coefficients c_i, row i of job i: T x T]
+  // (the targets first: the op returns them as a view at storage offset 0, as its fake kernel).
   FASTMTL_HOST_DEVICE int64_t out_size(int64_t T) const { return 2 * T * T; }
 
   FASTMTL_HOST_DEVICE void operator()(const double* K, int64_t T, int64_t i, double* v, double* out) const {
-    double* c = out + i * T;
-    double* target_row = out + T * T + i * T;
+    double* target_row = out + i * T;
+    double* c = out + T * T + i * T;
     for (int64_t k = 0; k < T; ++k) {
       c[k] = k == i ? 1.0 : 0.0;
       v[k] = K[i * T + k];
