@@ -2,8 +2,12 @@
 cosine φ̂_ij, an exponential moving average of the cosines seen (rate ``beta``); whenever
 cos(g_iᴾᶜ, g_j) falls below its target, g_iᴾᶜ is moved towards g_j until it reaches it:
     g_iᴾᶜ += |g_iᴾᶜ| (φ̂ √(1-φ²) - φ √(1-φ̂²)) / (|g_j| √(1-φ̂²)) g_j.
-Exact in Gram space (coefficients of the original g_k, as PCGrad); all tasks advance together
-on the device. Scale: sum of the corrected gradients, as torchjd. The φ̂ matrix is the method's
+Exact in Gram space (coefficients of the original g_k, as PCGrad). With the compiled extension
+(``impl`` "auto", "cpp" or "cuda") one op, ``torch.ops.fastmtl.gradvac_weights``
+(csrc/include/fastmtl/gradvac_math.h), runs each task's T pair updates in float64, O(T²) per task
+(O(T) per pair with no conflict), the tasks in parallel, in one call on the CPU or one kernel
+launch (plus the sum of the coefficient rows) on a GPU. ``impl="torch"`` runs ``gradvac_step``
+below, the reference: all tasks advance together, about fifteen small ops per step, T steps. Scale: sum of the corrected gradients, as torchjd. The φ̂ matrix is the method's
 state: a GradVac object keeps it across calls, and MTLOptimizer saves it in its state_dict.
 """
 
@@ -40,7 +44,11 @@ class GradVac(GramWeighting):
             previous = torch.zeros(T, T, dtype=K.dtype, device=K.device)
         generator = _validate.generator_for(self.options["generator"], K.device)
         order = functional.pcgrad_order(T, shuffle=self.options["shuffle"], generator=generator, device=K.device)
-        weights, targets = gradvac_step(K, previous, order, self.options["beta"], self.options["eps"])
+        if functional.use_extension(self.impl, K):  # csrc/include/fastmtl/gradvac_math.h
+            weights, targets = torch.ops.fastmtl.gradvac_weights(K, previous, order, self.options["beta"],
+                                                                 self.options["eps"])
+        else:
+            weights, targets = gradvac_step(K, previous, order, self.options["beta"], self.options["eps"])
         self.targets = torch.where(finite, targets, previous)
         return weights
 
