@@ -28,6 +28,16 @@ def cases():
     yield "combine_into", (G, torch.rand(4), torch.empty(1000))
     yield "graddrop", (G, torch.rand(4), None, seed)
     yield "graddrop", (G.double(), torch.rand(4).double(), torch.randn(1000).double(), seed)
+    # The Gram-space solves: float64 or float32 K, float64 outputs.
+    yield "mgda_weights", (K.double(), 100, 1e-3)
+    yield "mgda_weights", (K, 5, 1e-3)
+    yield "nash_mtl_weights", (K.double(), 1.0, 30)
+    yield "nash_mtl_weights", (K, 0.0, 30)
+    yield "imtl_g_weights", (K.double(),)
+    yield "aligned_mtl_weights", (K.double(), "median")
+    yield "aligned_mtl_weights", (K, "min")
+    yield "gradvac_weights", (K.double(), torch.rand(4, 4, dtype=torch.float64), order, 0.5, 1e-8)
+    yield "gradvac_weights", (K, torch.zeros(4, 4), None, 0.0, 1e-3)
     yield "cluster_tasks", (torch.eye(4), 2, None, "average")
     yield "cluster_tasks", (torch.eye(4), None, 0.5, "single")
 
