@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import torch
 
+from fastmtl import functional
 from fastmtl._numerics import trace_normalised
 from fastmtl.methods import _options
 from fastmtl.methods.base import GramWeighting, register
@@ -74,7 +75,11 @@ class CAGrad(GramWeighting):
                          tol=_options.real(self.name, "tol", tol, low=0.0), impl=impl)
 
     def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
-        return cagrad_weights(K, **{k: v for k, v in self.options.items() if k != "impl"})
+        options = {k: v for k, v in self.options.items() if k != "impl"}
+        if functional.use_extension(self.impl, K):  # csrc/include/fastmtl/cagrad_math.h, one launch
+            return torch.ops.fastmtl.cagrad_weights(K, options["c"], options["rescale"], options["norm_eps"],
+                                                    options["max_iters"], options["tol"])
+        return cagrad_weights(K, **options)
 
 
 def cagrad_weights(K: torch.Tensor, *, c: float, rescale: int, norm_eps: float, max_iters: int,
