@@ -50,11 +50,11 @@ Two paths compute the same algorithm:
 * the compiled op ``torch.ops.fastmtl.cagrad_weights`` (csrc/include/fastmtl/cagrad_math.h),
   used whenever the extension is (impl "auto", "cpp", "cuda"): float64 C++, each Wolfe step one
   Cholesky solve of (K_S + 11ᵀ) on the gathered corral S, the face's path w(ρ) from the same
-  matrix. On one CPU thread ~3 µs at T = 4, ~15 µs at T = 16, ~0.6 ms at T = 64. On a GPU it is
-  one launch of one thread, which takes the same early exits: no host sync.
-* the torch reference below (impl="torch"): a (T+1)-square ``linalg.solve`` per Wolfe step;
-  ~15 ms at T = 16 on one CPU thread. On a GPU all steps run, with fixed shapes and selections by
-  masks: no host sync.
+  matrix. On one CPU thread ~3 µs at T = 4, ~15-20 µs at T = 16, ~0.1-0.6 ms at T = 64. On a GPU
+  it is one launch of one thread, which takes the same early exits: no host sync.
+* the torch reference below (impl="torch"): a T-square ``linalg.solve`` per Wolfe step (and a
+  (T+1)-square one per face); ~1-3 ms at T <= 16, ~5-17 ms at T = 64 on one CPU thread. On a GPU
+  all steps run, with fixed shapes and selections by masks: no host sync.
 
 ``rescale`` reproduces the official code's options: 0 none (torchjd), 1 divide by 1 + c², 2
 divide by 1 + c. Scale: mean-like (g0 + ...), as torchjd with rescale=0.
