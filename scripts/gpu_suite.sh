@@ -37,7 +37,7 @@ if [ "$MODE" = "--bench-full" ]; then
 fi
 
 step "CUDA tests"
-$PY -m pytest tests/test_cuda.py -q -p no:cacheprovider 2>&1 | tee "$OUT/tests_cuda.log" | tail -3 | tee -a "$OUT/summary.txt"
+$PY -m pytest tests/ -m cuda -q -p no:cacheprovider 2>&1 | tee "$OUT/tests_cuda.log" | tail -3 | tee -a "$OUT/summary.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 for tool in memcheck racecheck; do
