@@ -358,9 +358,9 @@ def test_permutation_invariant_on_degenerate_inputs(name, G, method, impl):
     # of two weighted sums of T terms, 2 γ_{T+1} Σ_i w_i |g_i|.
     T = G.shape[0]
     permutation = torch.randperm(T, generator=torch.Generator().manual_seed(T))
-    create = lambda: methods.create(method, impl=impl)  # noqa: E731
-    w = create().weights(fastmtl.functional.gram_for_weights(G, impl=impl))
-    permuted = create().weights(fastmtl.functional.gram_for_weights(G[permutation], impl=impl))
+    w = methods.create(method, impl=impl).weights(fastmtl.functional.gram_for_weights(G, impl=impl))
+    permuted = methods.create(method, impl=impl).weights(fastmtl.functional.gram_for_weights(G[permutation],
+                                                                                            impl=impl))
     rows = T if method == "upgrad" else 1
     weight_bound = 2 * rows * solve_rtol(T) * float(w.abs().max())
     assert_within(permuted, w[permutation], weight_bound, f"{name}: weights")
