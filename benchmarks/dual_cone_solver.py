@@ -3,6 +3,7 @@ it uses, and how fast ``fastmtl.aggregate`` is next to torchjd.
 
     python benchmarks/dual_cone_solver.py budget [--seeds 10] [--exact-up-to 20]
     python benchmarks/dual_cone_solver.py time [--calls 21] [--threads 2] [--baseline-ref HEAD]
+    python benchmarks/dual_cone_solver.py op [--calls 2001] [--seeds 3]
 
 ``budget`` solves a corpus of hard QPs (rank-deficient and stationary Jacobians as in torchjd's
 tests, random, duplicated, opposite, zero, badly scaled, near-rank-deficient, huge and Murty-hard
@@ -12,7 +13,9 @@ rows left unsolved and the largest deviation from quadprog and (``--exact-up-to 
 problems with at most T tasks) from the exact rational solution of the float64 QP. ``time`` reports median times of
 ``fastmtl.aggregate(G, "upgrad"/"dualproj")`` on float32 G (random, and rank 10), torchjd's ``UPGrad()`` /
 ``DualProj()`` on the same G, and optionally the solver of another git revision (loaded from
-``git show REF:python/fastmtl/methods/dual_cone.py``)."""
+``git show REF:python/fastmtl/methods/dual_cone.py``). ``op`` times the compiled op
+``fastmtl::dual_cone_weights`` (one thread, median of ``--calls``) next to the torch reference on
+float64 K from random G (T = 4, 8, 16, 64), and its worst case over the ``budget`` corpus."""
 
 from __future__ import annotations
 
@@ -256,6 +259,32 @@ def timing(calls: int, threads: int, baseline_ref: str | None) -> None:
             print(f"| {T} | {P:.0e} | {kind} | {method} | " + " | ".join(f"{c:.2f}" for c in cells) + " |", flush=True)
 
 
+def op_timing(calls: int, seeds: int) -> None:
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, 1 thread; median of {calls} calls (the reference: of {max(calls // 20, 5)}), µs")
+    print("| T | method | op | torch reference |")
+    print("|---|---|---|---|")
+    gen = torch.Generator().manual_seed(0)
+    for T in (4, 8, 16, 64):
+        G = torch.randn(T, 100, generator=gen, dtype=torch.float64)
+        K = G @ G.T
+        for method, U in (("upgrad", torch.eye(T, dtype=torch.float64) / T),
+                          ("dualproj", torch.full((1, T), 1.0 / T, dtype=torch.float64))):
+            op = _median_ms(lambda K=K, U=U: torch.ops.fastmtl.dual_cone_weights(K, U, REG, REG), calls)
+            ref = _median_ms(lambda K=K, U=U: dual_cone.dual_cone_projection_weights(K, U, norm_eps=REG, reg_eps=REG),
+                             max(calls // 20, 5))
+            print(f"| {T} | {method} | {op * 1e3:.1f} | {ref * 1e3:.0f} |", flush=True)
+    worst = []
+    for name, G in corpus(range(seeds)):  # UPGrad's T rows: the op's heaviest use
+        K = G @ G.T
+        U = torch.eye(K.shape[0], dtype=torch.float64) / K.shape[0]
+        worst.append((_median_ms(lambda K=K, U=U: torch.ops.fastmtl.dual_cone_weights(K, U, REG, REG), 5), name))
+    worst.sort(reverse=True)
+    print("slowest UPGrad solves over the corpus (median of 5 calls):")
+    for ms, name in worst[:5]:
+        print(f"  {ms * 1e3:8.0f} µs  {name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -266,8 +295,13 @@ def main() -> None:
     t.add_argument("--calls", type=int, default=21)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--baseline-ref", default=None, help="git revision whose solver to time as well, e.g. HEAD")
+    o = sub.add_parser("op")
+    o.add_argument("--calls", type=int, default=2001)
+    o.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
-    if args.command == "budget":
+    if args.command == "op":
+        op_timing(args.calls, args.seeds)
+    elif args.command == "budget":
         torch.set_num_threads(1)
         budget(args.seeds, args.exact_up_to)
     else:

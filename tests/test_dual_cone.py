@@ -3,13 +3,16 @@ where an inexact solver shows: rank-deficient and ill-conditioned K (more tasks 
 stationary Jacobians as in torchjd's tests, duplicated, opposite and zero tasks, badly scaled
 tasks, a Murty-hard family), T from 1 to 64. Oracles: the exact rational solution of the float64
 problem (Python's fractions), quadprog on the same QP, torchjd's UPGrad / DualProj (quadprog).
+Every check runs on the torch reference (its CPU early-exit path and the fixed-budget path a GPU
+runs) and on the compiled op fastmtl::dual_cone_weights (tests/test_dual_cone_op.py has the op's
+own checks: arguments, NaN policy, CUDA).
 
 Tolerances come from error bounds, not from a run (see ``solve_rtol``)."""
 
 
 import pytest
 import torch
-from conftest import UNIT_ROUNDOFF, assert_within, gamma
+from conftest import ALL_IMPLS, UNIT_ROUNDOFF, assert_within, gamma
 from oracles import dual_cone_exact_solution as exact_solution
 from oracles import random_gradients
 
@@ -167,37 +170,45 @@ def quadprog_solution(A: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     return torch.tensor(np.stack([quadprog.solve_qp(A.numpy(), np.zeros(T), np.eye(T), u.numpy())[0] for u in U]))
 
 
-def project(K, U, early_exit=None):
-    """fastmtl's solution; ``early_exit`` only when asked (the keyword is the solver's own)."""
-    options = {} if early_exit is None else {"early_exit": early_exit}
+# The solvers under test: the torch reference's default path (on the CPU: the early exit), its
+# fixed-budget path (the one a GPU runs), and the compiled op.
+PATHS = ["auto", "fixed-budget",
+         pytest.param("op", marks=pytest.mark.skipif(not fastmtl.HAS_EXT, reason="fastmtl._C not built"))]
+
+
+def project(K, U, path="auto"):
+    """fastmtl's solution on ``path`` (one of PATHS)."""
+    if path == "op":
+        return torch.ops.fastmtl.dual_cone_weights(K.double(), U, REG, REG)
+    options = {"early_exit": False} if path == "fixed-budget" else {}
     return dual_cone.dual_cone_projection_weights(K, U, norm_eps=REG, reg_eps=REG, **options)
 
 
 # ----- the QP itself -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("early_exit", [None, False], ids=["auto", "fixed-budget"])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("kind", ["upgrad", "dualproj"])
 @pytest.mark.parametrize("name,G", SMALL, ids=_ids(SMALL))
-def test_equals_the_exact_rational_solution(name, G, kind, early_exit):
+def test_equals_the_exact_rational_solution(name, G, kind, path):
     K = G @ G.T
     T = K.shape[0]
     U = rows_of(kind, T)
-    V = project(K, U, early_exit)
+    V = project(K, U, path)
     A = regularised(K)
     for u, v in zip(U, V):
         exact = exact_solution(A, u, v > u)
         assert_within(v, exact, solve_rtol(T) * float(exact.abs().max()), f"{name}, {kind}")
 
 
-@pytest.mark.parametrize("early_exit", [None, False], ids=["auto", "fixed-budget"])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("kind", ["upgrad", "dualproj"])
 @pytest.mark.parametrize("name,G", DEGENERATE, ids=_ids(DEGENERATE))
-def test_matches_quadprog_on_degenerate_inputs(name, G, kind, early_exit):
+def test_matches_quadprog_on_degenerate_inputs(name, G, kind, path):
     K = G @ G.T
     T = K.shape[0]
     U = rows_of(kind, T)
-    V = project(K, U, early_exit)
+    V = project(K, U, path)
     expected = quadprog_solution(regularised(K), U)
     # Both are within solve_rtol of the exact solution (quadprog's Goldfarb-Idnani steps are
     # backward stable too): twice the bound between them.
@@ -216,8 +227,8 @@ def test_matches_quadprog_for_every_size(T, family):
     K = G @ G.T
     for kind in ("upgrad", "dualproj"):
         U = rows_of(kind, T)
-        for early_exit in (None, False):
-            V = project(K, U, early_exit)
+        for path in ("auto", "fixed-budget", "op") if fastmtl.HAS_EXT else ("auto", "fixed-budget"):
+            V = project(K, U, path)
             expected = quadprog_solution(regularised(K), U)
             for v, e in zip(V, expected):
                 assert_within(v, e, 2 * solve_rtol(T) * float(e.abs().max()), f"{family}, T={T}, {kind}")
@@ -237,6 +248,24 @@ def test_every_row_passes_the_kkt_check_within_the_budget(name, G, early_exit):
     Av = result.v @ A
     residual = 5 * kkt_rtol(T) * float(A.abs().sum(1).max()) * result.v.abs().amax(1, keepdim=True)
     assert (Av >= -residual).all(), name
+
+
+@pytest.mark.skipif(not fastmtl.HAS_EXT, reason="fastmtl._C not built")
+@pytest.mark.parametrize("kind", ["upgrad", "dualproj"])
+@pytest.mark.parametrize("name,G", DEGENERATE, ids=_ids(DEGENERATE))
+def test_the_op_passes_the_kkt_check(name, G, kind):
+    # The op does not report its violation: its rows are checked as above, v >= u exactly and
+    # A v >= -5 kkt_rtol ‖A‖∞ ‖v‖∞ (solve_rtol's residual), and against the torch reference.
+    K = G @ G.T
+    T = K.shape[0]
+    U = rows_of(kind, T)
+    A = dual_cone.regularised_gram(K, norm_eps=REG, reg_eps=REG)
+    V = project(K, U, "op")
+    assert (V >= U).all(), name
+    residual = 5 * kkt_rtol(T) * float(A.abs().sum(1).max()) * V.abs().amax(1, keepdim=True)
+    assert (V @ A >= -residual).all(), name
+    for v, e in zip(V, project(K, U, "auto")):  # both within solve_rtol of the exact solution
+        assert_within(v, e, 2 * solve_rtol(T) * float(e.abs().max()), f"{name}, {kind}")
 
 
 def test_an_exhausted_budget_returns_a_feasible_point_and_says_so(monkeypatch):
@@ -282,15 +311,16 @@ def test_the_fixed_budget_path_never_reads_a_tensor_on_the_host():
 # ----- the methods, against torchjd and by their properties --------------------------------------
 
 
+@pytest.mark.parametrize("impl", ALL_IMPLS)
 @pytest.mark.parametrize("method,peer", [("upgrad", "UPGradWeighting"), ("dualproj", "DualProjWeighting")])
 @pytest.mark.parametrize("name,G", DEGENERATE, ids=_ids(DEGENERATE))
-def test_weights_match_torchjd_on_degenerate_inputs(name, G, method, peer):
+def test_weights_match_torchjd_on_degenerate_inputs(name, G, method, peer, impl):
     torchjd = pytest.importorskip("torchjd.aggregation")
     pytest.importorskip("quadprog")
     pytest.importorskip("qpsolvers")
     K = G @ G.T
     T = K.shape[0]
-    ours = methods.create(method).weights(K)
+    ours = methods.create(method, impl=impl).weights(K)
     theirs = getattr(torchjd, peer)()(K)
     # UPGrad sums T solutions v_r >= u_r >= 0, each within solve_rtol ‖v_r‖∞ <= solve_rtol ‖w‖∞ of the
     # exact one, on both sides (quadprog's Goldfarb-Idnani solve is backward stable as well).
@@ -298,17 +328,18 @@ def test_weights_match_torchjd_on_degenerate_inputs(name, G, method, peer):
     assert_within(ours, theirs, 2 * rows * solve_rtol(T) * float(theirs.abs().max()), name)
 
 
+@pytest.mark.parametrize("impl", ALL_IMPLS)
 @pytest.mark.parametrize("method", ["upgrad", "dualproj"])
 @pytest.mark.parametrize("name,G", DEGENERATE, ids=_ids(DEGENERATE))
-def test_non_conflicting_on_degenerate_inputs(name, G, method):
+def test_non_conflicting_on_degenerate_inputs(name, G, method, impl):
     # J d = K w = tr K (A w − reg w) with w = Σ_r v_r, and each projected row has
     # (A v_r)_i >= −5 kkt_rtol ‖A‖∞ ‖v_r‖∞ (solve_rtol's residual) with ‖v_r‖∞ <= ‖w‖∞ (v_r >= 0), so
     # g_i · d >= −tr K (reg w_i + rows · 5 kkt_rtol ‖A‖∞ ‖w‖∞); the reg term is torchjd's too. Rounding:
     # K from G and G · (w · G) each sum P or T products, so 2 γ_{P+T+1} |g_i| Σ_j w_j |g_j|.
     T, P = G.shape
-    K = fastmtl.functional.gram_for_weights(G)  # the K aggregate solves on
-    w = methods.create(method).weights(K)
-    d = fastmtl.aggregate(G, method)
+    K = fastmtl.functional.gram_for_weights(G, impl=impl)  # the K aggregate solves on
+    w = methods.create(method, impl=impl).weights(K)
+    d = fastmtl.aggregate(G, method, impl=impl)
     assert K.trace() >= REG  # below norm_eps, K counts as 0 and nothing is projected (as torchjd)
     A = regularised(K)
     rows = T if method == "upgrad" else 1
@@ -318,26 +349,51 @@ def test_non_conflicting_on_degenerate_inputs(name, G, method):
     assert (G @ d >= -(solve + rounding)).all(), f"{name}: {float((G @ d / (solve + rounding)).min()):.3g} slacks"
 
 
+@pytest.mark.parametrize("impl", ALL_IMPLS)
 @pytest.mark.parametrize("method", ["upgrad", "dualproj"])
 @pytest.mark.parametrize("name,G", DEGENERATE, ids=_ids(DEGENERATE))
-def test_permutation_invariant_on_degenerate_inputs(name, G, method):
+def test_permutation_invariant_on_degenerate_inputs(name, G, method, impl):
     # Two solves of the same problem, each within rows · solve_rtol ‖w‖∞ of the exact weights
     # (UPGrad sums T rows v_r with ‖v_r‖∞ <= ‖w‖∞); d = w · G adds Σ_i |δw_i| |g_i| and the rounding
     # of two weighted sums of T terms, 2 γ_{T+1} Σ_i w_i |g_i|.
     T = G.shape[0]
     permutation = torch.randperm(T, generator=torch.Generator().manual_seed(T))
-    w = methods.create(method).weights(fastmtl.functional.gram_for_weights(G))
-    permuted = methods.create(method).weights(fastmtl.functional.gram_for_weights(G[permutation]))
+    w = methods.create(method, impl=impl).weights(fastmtl.functional.gram_for_weights(G, impl=impl))
+    permuted = methods.create(method, impl=impl).weights(fastmtl.functional.gram_for_weights(G[permutation],
+                                                                                            impl=impl))
     rows = T if method == "upgrad" else 1
     weight_bound = 2 * rows * solve_rtol(T) * float(w.abs().max())
     assert_within(permuted, w[permutation], weight_bound, f"{name}: weights")
     d_bound = (weight_bound + 2 * gamma_f64(T + 1) * w.abs().max()) * G.abs().sum(0)
-    assert_within(fastmtl.aggregate(G[permutation], method), fastmtl.aggregate(G, method), d_bound, f"{name}: d")
+    assert_within(fastmtl.aggregate(G[permutation], method, impl=impl), fastmtl.aggregate(G, method, impl=impl), d_bound,
+                  f"{name}: d")
 
 
+@pytest.mark.parametrize("impl", ALL_IMPLS)
 @pytest.mark.parametrize("method", ["upgrad", "dualproj"])
-def test_zero_and_below_norm_eps_give_the_preference_vector(method):
+def test_zero_and_below_norm_eps_give_the_preference_vector(method, impl):
     # K = 0, or a trace below norm_eps: A = reg·I, so v = u (UPGrad: Σ e_i / T; DualProj: 1 / T).
     for G in (torch.zeros(5, 30, dtype=torch.float64), 1e-4 * low_rank(5, 30, 3, 1)):
-        assert torch.allclose(methods.create(method).weights(G @ G.T), torch.full((5,), 0.2, dtype=torch.float64),
-                              rtol=0, atol=1e-15)
+        assert torch.allclose(methods.create(method, impl=impl).weights(G @ G.T),
+                              torch.full((5,), 0.2, dtype=torch.float64), rtol=0, atol=1e-15)
+
+
+@pytest.mark.skipif(not fastmtl.HAS_EXT, reason="fastmtl._C not built")
+@pytest.mark.parametrize("method", ["upgrad", "dualproj"])
+def test_the_methods_call_the_op_unless_impl_is_torch(method, monkeypatch):
+    # The dispatch itself: impl="cpp" must reach fastmtl::dual_cone_weights, impl="torch" must not
+    # (otherwise the impl comparisons above would compare a path with itself).
+    calls = []
+    op = torch.ops.fastmtl.dual_cone_weights
+
+    class Spy:
+        def __call__(self, *args):
+            calls.append(args)
+            return op(*args)
+
+    monkeypatch.setattr(torch.ops.fastmtl, "dual_cone_weights", Spy())
+    K = low_rank(6, 8, 3, 0) @ low_rank(6, 8, 3, 0).T
+    methods.create(method, impl="torch").weights(K)
+    assert calls == []
+    methods.create(method, impl="cpp").weights(K)
+    assert len(calls) == 1
