@@ -38,6 +38,8 @@ def cases():
     yield "aligned_mtl_weights", (K, "min")
     yield "gradvac_weights", (K.double(), torch.rand(4, 4, dtype=torch.float64), order, 0.5, 1e-8)
     yield "gradvac_weights", (K, torch.zeros(4, 4), None, 0.0, 1e-3)
+    yield "dual_cone_weights", (K.double(), torch.eye(4, dtype=torch.float64) / 4, 1e-4, 1e-4)
+    yield "dual_cone_weights", (K, torch.full((1, 4), 0.25, dtype=torch.float64), 1e-3, 1e-2)
     yield "cagrad_weights", (K.double(), 0.5, 0, 1e-4, 12, 1e-12)
     yield "cagrad_weights", (K, 2.0, 1, 1e-4, 12, 0.0)
     yield "cluster_tasks", (torch.eye(4), 2, None, "average")
