@@ -1,10 +1,11 @@
-"""The spectral Gram-space ops imtl_g_weights and aligned_mtl_weights (cyclic Jacobi,
-csrc/include/fastmtl/eigen_math.h) against the torch reference (impl="torch": LAPACK's svd/eigh)
-and torchjd, on full-rank, rank-deficient and degenerate Gram matrices, at extreme scales, with
-the NaN policy and the argument checks; CUDA against the CPU op.
+"""The spectral Gram-space ops imtl_g_weights and aligned_mtl_weights (Householder
+tridiagonalisation + implicit shifted QR, csrc/include/fastmtl/eigen_math.h) against the torch
+reference (impl="torch": LAPACK's svd/eigh) and torchjd, on full-rank, rank-deficient and
+degenerate Gram matrices, at extreme scales, with the NaN policy and the argument checks; CUDA
+against the CPU op.
 
 Tolerances. Both sides decompose K backward stably: each eigenvalue is within δ = c T u ||K||₂
-of the exact one (Jacobi: Golub & Van Loan §8.5; LAPACK: Anderson et al., LAPACK Users' Guide
+of the exact one (the op: Golub & Van Loan §8.3.6; LAPACK: Anderson et al., LAPACK Users' Guide
 §4.7), so a spectral function of the kept part, pinv(K) or K^-½, moves by a relative
 O(κ δ / ||K||) = O(κ T u), κ = λ_max / λ_min over the kept eigenvalues. Both results carry it:
 the tests allow 64 κ T u (c = 32 per side), times |v|₁/|Σv| for IMTL-G's normalisation by Σv.
@@ -120,6 +121,9 @@ def test_zero_duplicated_and_opposite_tasks():
         "opposite": torch.cat([base, -base[:2]]),
         "all zero": torch.zeros(3, 12, dtype=torch.float64),
         "one zero task": torch.zeros(1, 12, dtype=torch.float64),
+        # disjoint supports: a row of K with no nonzero off-diagonal entry, set aside by the op
+        "orthogonal task": torch.cat([torch.cat([base, torch.zeros(4, 3, dtype=torch.float64)], dim=1),
+                                      torch.tensor([[0.0] * 12 + [1.0, -2.0, 2.0]], dtype=torch.float64)]),
     }
     for name, G in cases.items():
         K = gram(G)

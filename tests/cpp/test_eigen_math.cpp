@@ -1,6 +1,7 @@
-// Unit tests of csrc/include/fastmtl/eigen_math.h (cyclic Jacobi), imtl_g_math.h and
-// aligned_mtl_math.h: hand-computed cases, exact structure (zero rows, power-of-two scaling), and
-// the backward-error bound of the decomposition on random and rank-deficient Gram matrices.
+// Unit tests of csrc/include/fastmtl/eigen_math.h (Householder tridiagonalisation + implicit
+// shifted QR), imtl_g_math.h and aligned_mtl_math.h: hand-computed cases, exact structure (zero
+// and isolated rows, power-of-two scaling), and the backward-error bound of the decomposition on
+// random and rank-deficient Gram matrices.
 // Plain C++, no libtorch; run by CTest.
 #include <cfloat>
 #include <cmath>
@@ -26,8 +27,10 @@ struct Eigen {
 };
 
 Eigen decompose(Matrix A, int64_t T) {
-  Eigen e{Matrix(T * T, -7.0), std::vector<double>(T, -7.0)};  // garbage: must be overwritten
+  // Garbage everywhere: must be overwritten. Vt holds V^T then the workspace, dropped on return.
+  Eigen e{Matrix(fastmtl::symmetric_eigen_scratch(T), -7.0), std::vector<double>(T, -7.0)};
   fastmtl::symmetric_eigen(A.data(), T, e.Vt.data(), e.lambda.data());
+  e.Vt.resize(T * T);
   return e;
 }
 
@@ -65,11 +68,12 @@ Matrix integer_gram(int64_t T, int64_t rank, int64_t P, unsigned seed) {
   return K;
 }
 
-// Backward error of the decomposition: ||K - V diag(lambda) V^T||_F and ||V V^T - I||_F. Jacobi's
-// bound (Golub & Van Loan §8.5; Demmel & Veselic 1992): each rotation is backward stable with an
-// O(u) error, a sweep touches each entry O(T) times, over at most ~10 sweeps, plus the skipped
-// off-diagonal part (<= u ||K||_F): allow 64 T u ||K||_F, far above the rounding of a correct
-// implementation (~T u) and far below any real defect (a wrong rotation is O(||K||)).
+// Backward error of the decomposition: ||K - V diag(lambda) V^T||_F and ||V V^T - I||_F. The
+// bound of Householder tridiagonalisation + symmetric QR (Golub & Van Loan §8.3.6): each of the
+// T - 2 reflections and of the O(T) QR steps is an orthogonal similarity with an O(u) error, plus
+// the dropped subdiagonal entries (<= u ||K||_F together): allow 64 T u ||K||_F, far above the
+// rounding of a correct implementation (~T u; measured <= 5 T u) and far below any real defect
+// (a wrong rotation or reflection is O(||K||)).
 void check_decomposition(const Matrix& K, int64_t T, int line) {
   const Eigen e = decompose(K, T);
   Matrix residual(T * T), gram(T * T);
@@ -125,8 +129,8 @@ void test_hand_decompositions() {
 }
 
 void test_zero_rows_keep_exact_zero_eigenvalues() {
-  // A zero gradient gives a zero row and column of K; its entries are never rotated, so the
-  // eigenvalue stays exactly 0 (no cut can be crossed by rounding).
+  // A zero gradient gives a zero row and column of K; such rows are set aside before the
+  // reduction, so the eigenvalue stays exactly 0 (no cut can be crossed by rounding).
   for (int64_t T : {3, 8, 16}) {
     Matrix K = integer_gram(T, T, 2 * T, 11);
     for (int64_t k = 0; k < T; ++k) K[1 * T + k] = K[k * T + 1] = 0;
@@ -134,6 +138,32 @@ void test_zero_rows_keep_exact_zero_eigenvalues() {
     int zeros = 0;
     for (int64_t k = 0; k < T; ++k) zeros += e.lambda[k] == 0.0;
     EXPECT(zeros >= 1);
+    check_decomposition(K, T, __LINE__);
+  }
+}
+
+void test_isolated_rows_are_set_aside_exactly() {
+  // Rows with no nonzero off-diagonal entry (a zero task, or a task orthogonal to all others) at
+  // the first, a middle and the last index: each keeps its index, its eigenvalue a_ii exactly and
+  // the unit vector e_i exactly; the others are packed, decomposed and unpacked around them.
+  for (int64_t T : {4, 9, 33, 64}) {
+    Matrix K = integer_gram(T, T - 1, T + 3, 7);
+    const int64_t isolated[] = {0, T / 2, T - 1};
+    const double diagonal[] = {0.0, 5.0, 0.75};
+    for (int n = 0; n < 3; ++n) {
+      const int64_t i = isolated[n];
+      for (int64_t k = 0; k < T; ++k) K[i * T + k] = K[k * T + i] = 0;
+      K[i * T + i] = diagonal[n];
+    }
+    const Eigen e = decompose(K, T);
+    for (int n = 0; n < 3; ++n) {
+      const int64_t i = isolated[n];
+      EXPECT(e.lambda[i] == diagonal[n]);
+      for (int64_t k = 0; k < T; ++k) {
+        EXPECT(e.Vt[i * T + k] == (k == i ? 1.0 : 0.0));  // e_i
+        EXPECT(k == i || e.Vt[k * T + i] == 0.0);         // no other eigenvector touches index i
+      }
+    }
     check_decomposition(K, T, __LINE__);
   }
 }
@@ -157,7 +187,9 @@ void test_backward_error() {
   for (int64_t T : {1, 2, 3, 5, 8, 16, 33, 64}) {
     for (unsigned seed = 0; seed < 3; ++seed) {
       check_decomposition(integer_gram(T, T, T + 3, seed), T, __LINE__);          // full rank
-      check_decomposition(integer_gram(T, (T + 1) / 2, T + 3, seed), T, __LINE__);  // rank T/2
+      // rank T/2: the trailing block of the tridiagonalisation shrinks geometrically (~u, u^2,
+      // ...) past the squares' underflow at T = 64 (the kNegligibleEntry cut)
+      check_decomposition(integer_gram(T, (T + 1) / 2, T + 3, seed), T, __LINE__);
       check_decomposition(integer_gram(T, 1, 4, seed), T, __LINE__);               // rank 1
       // Rank deficiency: every exact-zero eigenvalue comes out within the bound, i.e. below the
       // rank cut T eps lambda_max = 2 T u lambda_max of the solvers when the bound is met.
@@ -223,6 +255,7 @@ void test_aligned_mtl_hand_cases() {
 int main() {
   test_hand_decompositions();
   test_zero_rows_keep_exact_zero_eigenvalues();
+  test_isolated_rows_are_set_aside_exactly();
   test_power_of_two_scaling_is_exact();
   test_backward_error();
   test_imtl_g_hand_cases();

@@ -38,8 +38,8 @@ FASTMTL_HOST_DEVICE inline double lower_median(double* values, int64_t n) {
 struct AlignedMtlSolver {
   AlignedScale scale_mode;
 
-  // Scratch: K (destroyed by the decomposition), its eigenvectors, its eigenvalues, and the kept
-  // eigenvalues (for the median) then the coordinates of B (1/T) in the eigenbasis.
+  // Scratch: K (destroyed by the decomposition), its eigenvectors (and the decomposition's
+  // workspace), its eigenvalues, and the kept eigenvalues (for the median).
   FASTMTL_HOST_DEVICE int64_t scratch_size(int64_t T) const { return T * T + symmetric_eigen_scratch(T) + 2 * T; }
   FASTMTL_HOST_DEVICE int64_t out_size(int64_t T) const { return T; }  // w
 

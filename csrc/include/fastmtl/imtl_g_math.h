@@ -19,8 +19,8 @@
 namespace fastmtl {
 
 struct ImtlGSolver {
-  // Scratch: the matrix K' (destroyed by the decomposition), its eigenvectors, its eigenvalues,
-  // and the vector s = sqrt(diag K') then the coordinates of s in the eigenbasis.
+  // Scratch: the matrix K' (destroyed by the decomposition), its eigenvectors (and the
+  // decomposition's workspace), its eigenvalues, and the vector s = sqrt(diag K').
   FASTMTL_HOST_DEVICE int64_t scratch_size(int64_t T) const { return T * T + symmetric_eigen_scratch(T) + 2 * T; }
   FASTMTL_HOST_DEVICE int64_t out_size(int64_t T) const { return T; }  // w
 
