@@ -1,5 +1,7 @@
 """Shared fixtures: which implementations and devices exist here, and dtype tolerances."""
 
+import math
+
 import pytest
 import torch
 
@@ -170,3 +172,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def keep_subnormals():
+    """Subnormal arithmetic for the test. The training test modules call
+    torch.set_flush_denormal(True) when they are imported (collection imports every module), which
+    then zeroes subnormal results in every later test, compiled kernels included: tests of exact
+    scaling or of tiny magnitudes turn it off for their duration."""
+    # A subnormal made at run time (a literal would be parsed while flushing may be on).
+    flushing = float(torch.tensor([math.ldexp(1.0, -1060)], dtype=torch.float64) * 1.0) == 0.0
+    torch.set_flush_denormal(False)
+    yield
+    torch.set_flush_denormal(flushing)

@@ -180,19 +180,13 @@ def test_zero_centred_kernel_has_similarity_zero(dtype):
     assert torch.equal(single, torch.zeros(2, 2, dtype=single.dtype))
 
 
-def test_extreme_magnitudes_neither_overflow_nor_underflow():
+def test_extreme_magnitudes_neither_overflow_nor_underflow(keep_subnormals):
     # float32 kernels of entries ~1e30 would overflow (1e60), of ~1e-30 underflow; the power-of-two
     # scaling makes them as accurate as at magnitude 1. 1e-41: subnormal float32 entries (the shift
     # by the first row is exact there, the scaling too, so the same bound holds for the stored values).
     # The float64 oracle would itself overflow or underflow (it squares kernels: θ⁴), so it sees
     # the stored values times 2^k, exactly, which leaves CKA as it is.
-    # Training tests set torch.set_flush_denormal(True), which would zero the subnormals: off here.
-    flushing = float(torch.tensor([2.0**-140]) * 1.0) == 0.0
-    torch.set_flush_denormal(False)
-    try:
-        check_extreme_magnitudes()
-    finally:
-        torch.set_flush_denormal(flushing)
+    check_extreme_magnitudes()
 
 
 def check_extreme_magnitudes():

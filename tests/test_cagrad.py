@@ -34,6 +34,7 @@ from fastmtl import methods
 
 torchjd = pytest.importorskip("torchjd.aggregation")
 pytest.importorskip("cvxpy")
+pytestmark = pytest.mark.usefixtures("keep_subnormals")  # exact scaling and tiny magnitudes need subnormals
 
 F64 = torch.float64
 U64 = UNIT_ROUNDOFF[F64]

@@ -23,7 +23,8 @@ import fastmtl
 from fastmtl import methods
 from fastmtl.methods.cagrad import cagrad_weights
 
-pytestmark = pytest.mark.skipif(not fastmtl.HAS_EXT, reason="fastmtl._C not built")
+pytestmark = [pytest.mark.skipif(not fastmtl.HAS_EXT, reason="fastmtl._C not built"),
+              pytest.mark.usefixtures("keep_subnormals")]  # exact scaling and tiny magnitudes need subnormals
 
 F64 = torch.float64
 U64 = UNIT_ROUNDOFF[F64]

@@ -20,7 +20,8 @@ import fastmtl
 from fastmtl import methods
 from fastmtl.methods import dual_cone
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # T×T solves: threads only add overhead
+# T×T solves: threads only add overhead; exact scaling and tiny magnitudes need subnormals
+pytestmark = pytest.mark.usefixtures("one_thread", "keep_subnormals")
 
 REG = 1e-4  # torchjd's and fastmtl's default norm_eps and reg_eps
 U64 = UNIT_ROUNDOFF[torch.float64]
