@@ -16,7 +16,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import UNIT_ROUNDOFF, assert_close_rel, gamma
+from conftest import assert_close_rel, gamma
 from oracles import random_gradients
 
 import fastmtl

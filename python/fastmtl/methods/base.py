@@ -118,13 +118,23 @@ class GramWeighting(Method):
 
     @abc.abstractmethod
     def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
-        """The weights w [T] from a finite float64 K (see the class docstring)."""
+        """The weights w [T] from a finite float64 K (see the class docstring): the torch path."""
+
+    def compiled_solve(self, K: torch.Tensor) -> torch.Tensor | None:
+        """The weights from the method's compiled op (csrc/include/fastmtl/<method>_math.h) on a
+        float64 K, or None when it has none. The op applies the NaN policy itself (all-NaN for
+        a non-finite K), so this path adds no masking ops: one launch per solve on a GPU."""
+        return None
 
     def weights(self, K: torch.Tensor) -> torch.Tensor:
         """Task weights w [T] (float64) from the Gram matrix K [T, T]."""
         if not isinstance(K, torch.Tensor) or K.dim() != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0:
             raise ValueError(f"{self.name}: K must be a non-empty square [T, T] tensor, got {getattr(K, 'shape', K)!r}")
         K = K.detach().double()
+        if functional.use_extension(self.impl, K):
+            w = self.compiled_solve(K)
+            if w is not None:
+                return w
         finite = torch.isfinite(K).all()
         identity = torch.eye(K.shape[0], dtype=K.dtype, device=K.device)
         w = self.solve(torch.where(finite, K, identity), finite)

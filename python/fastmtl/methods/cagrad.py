@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import torch
 
-from fastmtl import functional
 from fastmtl._numerics import trace_normalised
 from fastmtl.methods import _options
 from fastmtl.methods.base import GramWeighting, register
@@ -85,11 +84,12 @@ class CAGrad(GramWeighting):
                          tol=_options.real(self.name, "tol", tol, low=0.0), impl=impl)
 
     def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
-        options = {k: v for k, v in self.options.items() if k != "impl"}
-        if functional.use_extension(self.impl, K):  # csrc/include/fastmtl/cagrad_math.h, one launch
-            return torch.ops.fastmtl.cagrad_weights(K, options["c"], options["rescale"], options["norm_eps"],
-                                                    options["max_iters"], options["tol"])
-        return cagrad_weights(K, **options)
+        return cagrad_weights(K, **{k: v for k, v in self.options.items() if k != "impl"})
+
+    def compiled_solve(self, K: torch.Tensor) -> torch.Tensor:  # csrc/include/fastmtl/cagrad_math.h
+        options = self.options
+        return torch.ops.fastmtl.cagrad_weights(K, options["c"], options["rescale"], options["norm_eps"],
+                                                options["max_iters"], options["tol"])
 
 
 def cagrad_weights(K: torch.Tensor, *, c: float, rescale: int, norm_eps: float, max_iters: int,

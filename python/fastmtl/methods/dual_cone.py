@@ -69,11 +69,11 @@ Scale: as torchjd (pref vector = mean, 1/T per task).
 
 from __future__ import annotations
 
+import abc
 from typing import NamedTuple
 
 import torch
 
-from fastmtl import functional
 from fastmtl._numerics import trace_normalised
 from fastmtl.methods import _options
 from fastmtl.methods.base import GramWeighting, register
@@ -247,11 +247,22 @@ class DualConeMethod(GramWeighting):
         self._set_options(norm_eps=_options.real(self.name, "norm_eps", norm_eps, low=0.0, low_open=True),
                          reg_eps=_options.real(self.name, "reg_eps", reg_eps, low=0.0, low_open=True), impl=impl)
 
-    def projected(self, K: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-        norm_eps, reg_eps = self.options["norm_eps"], self.options["reg_eps"]
-        if functional.use_extension(self.impl, K):  # csrc/include/fastmtl/dual_cone_math.h, one launch
-            return torch.ops.fastmtl.dual_cone_weights(K, U, norm_eps, reg_eps)
-        return dual_cone_projection_weights(K, U, norm_eps=norm_eps, reg_eps=reg_eps)
+    @abc.abstractmethod
+    def rows(self, K: torch.Tensor) -> torch.Tensor:
+        """The rows u [m, T] whose projections make the update (float64, on K's device)."""
+
+    @abc.abstractmethod
+    def combine_rows(self, V: torch.Tensor) -> torch.Tensor:
+        """The weights from the projected rows V [m, T]."""
+
+    def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        V = dual_cone_projection_weights(K, self.rows(K), norm_eps=self.options["norm_eps"],
+                                         reg_eps=self.options["reg_eps"])
+        return self.combine_rows(V)
+
+    def compiled_solve(self, K: torch.Tensor) -> torch.Tensor:  # csrc/include/fastmtl/dual_cone_math.h
+        V = torch.ops.fastmtl.dual_cone_weights(K, self.rows(K), self.options["norm_eps"], self.options["reg_eps"])
+        return self.combine_rows(V)
 
 
 @register
@@ -260,9 +271,12 @@ class UPGrad(DualConeMethod):
 
     name = "upgrad"
 
-    def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+    def rows(self, K: torch.Tensor) -> torch.Tensor:
         T = K.shape[0]
-        return self.projected(K, torch.eye(T, dtype=torch.float64, device=K.device) / T).sum(0)
+        return torch.eye(T, dtype=torch.float64, device=K.device) / T
+
+    def combine_rows(self, V: torch.Tensor) -> torch.Tensor:
+        return V.sum(0)
 
 
 @register
@@ -271,6 +285,8 @@ class DualProj(DualConeMethod):
 
     name = "dualproj"
 
-    def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
-        T = K.shape[0]
-        return self.projected(K, torch.full((1, T), 1.0 / T, dtype=torch.float64, device=K.device))[0]
+    def rows(self, K: torch.Tensor) -> torch.Tensor:
+        return torch.full((1, K.shape[0]), 1.0 / K.shape[0], dtype=torch.float64, device=K.device)
+
+    def combine_rows(self, V: torch.Tensor) -> torch.Tensor:
+        return V[0]

@@ -35,7 +35,8 @@ class GradVac(GramWeighting):
                          generator=_options.generator(self.name, generator), impl=impl)
         self.targets: torch.Tensor | None = None
 
-    def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+    def _step_inputs(self, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The targets before this step (float64, on K's device) and the tasks' order."""
         T = K.shape[0]
         previous = self.targets
         if previous is not None:
@@ -43,13 +44,21 @@ class GradVac(GramWeighting):
         if previous is None or previous.shape != (T, T):  # first step, or T changed: start over
             previous = torch.zeros(T, T, dtype=K.dtype, device=K.device)
         generator = _validate.generator_for(self.options["generator"], K.device)
-        order = functional.pcgrad_order(T, shuffle=self.options["shuffle"], generator=generator, device=K.device)
-        if functional.use_extension(self.impl, K):  # csrc/include/fastmtl/gradvac_math.h
-            weights, targets = torch.ops.fastmtl.gradvac_weights(K, previous, order, self.options["beta"],
-                                                                 self.options["eps"])
-        else:
-            weights, targets = gradvac_step(K, previous, order, self.options["beta"], self.options["eps"])
+        return previous, functional.pcgrad_order(T, shuffle=self.options["shuffle"], generator=generator,
+                                                 device=K.device)
+
+    def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        previous, order = self._step_inputs(K)
+        weights, targets = gradvac_step(K, previous, order, self.options["beta"], self.options["eps"])
         self.targets = torch.where(finite, targets, previous)
+        return weights
+
+    def compiled_solve(self, K: torch.Tensor) -> torch.Tensor:  # csrc/include/fastmtl/gradvac_math.h
+        previous, order = self._step_inputs(K)
+        weights, targets = torch.ops.fastmtl.gradvac_weights(K, previous, order, self.options["beta"],
+                                                             self.options["eps"])
+        # The op's targets are NaN exactly when K is not finite (all of them, then): keep the state.
+        self.targets = torch.where(targets.isnan(), previous, targets)
         return weights
 
     def state_dict(self) -> dict:

@@ -23,7 +23,6 @@ LAPACK-style info check synchronises with the host once per weight update.
 
 import torch
 
-from fastmtl import functional
 from fastmtl.methods import _options
 from fastmtl.methods.base import GramWeighting, register
 
@@ -41,9 +40,10 @@ class MGDA(GramWeighting):
                          epsilon=_options.real(self.name, "epsilon", epsilon, low=0.0, low_open=True), impl=impl)
 
     def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
-        if functional.use_extension(self.impl, K):  # csrc/include/fastmtl/mgda_math.h, one launch
-            return torch.ops.fastmtl.mgda_weights(K, self.options["max_iters"], self.options["epsilon"])
         return mgda_weights(K, self.options["max_iters"], self.options["epsilon"])
+
+    def compiled_solve(self, K: torch.Tensor) -> torch.Tensor:  # csrc/include/fastmtl/mgda_math.h
+        return torch.ops.fastmtl.mgda_weights(K, self.options["max_iters"], self.options["epsilon"])
 
 
 def mgda_weights(K: torch.Tensor, max_iters: int, epsilon: float) -> torch.Tensor:
@@ -76,9 +76,10 @@ class IMTLG(GramWeighting):
     name = "imtl_g"
 
     def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
-        if functional.use_extension(self.impl, K):  # csrc/include/fastmtl/imtl_g_math.h, one launch
-            return torch.ops.fastmtl.imtl_g_weights(K)
         return imtl_g_weights(K)
+
+    def compiled_solve(self, K: torch.Tensor) -> torch.Tensor:  # csrc/include/fastmtl/imtl_g_math.h
+        return torch.ops.fastmtl.imtl_g_weights(K)
 
 
 def imtl_g_weights(K: torch.Tensor) -> torch.Tensor:
@@ -107,9 +108,10 @@ class AlignedMTL(GramWeighting):
                          impl=impl)
 
     def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
-        if functional.use_extension(self.impl, K):  # csrc/include/fastmtl/aligned_mtl_math.h, one launch
-            return torch.ops.fastmtl.aligned_mtl_weights(K, self.options["scale_mode"])
         return aligned_mtl_weights(K, self.options["scale_mode"])
+
+    def compiled_solve(self, K: torch.Tensor) -> torch.Tensor:  # csrc/include/fastmtl/aligned_mtl_math.h
+        return torch.ops.fastmtl.aligned_mtl_weights(K, self.options["scale_mode"])
 
 
 def aligned_mtl_weights(K: torch.Tensor, scale_mode: str) -> torch.Tensor:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import torch
 
-from fastmtl import functional
 from fastmtl.methods import _options
 from fastmtl.methods.base import GramWeighting, register
 
@@ -34,9 +33,10 @@ class NashMTL(GramWeighting):
                          iterations=_options.integer(self.name, "iterations", iterations), impl=impl)
 
     def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
-        if functional.use_extension(self.impl, K):  # csrc/include/fastmtl/nash_mtl_math.h, one launch
-            return torch.ops.fastmtl.nash_mtl_weights(K, self.options["max_norm"], self.options["iterations"])
         return nash_mtl_weights(K, self.options["max_norm"], self.options["iterations"])
+
+    def compiled_solve(self, K: torch.Tensor) -> torch.Tensor:  # csrc/include/fastmtl/nash_mtl_math.h
+        return torch.ops.fastmtl.nash_mtl_weights(K, self.options["max_norm"], self.options["iterations"])
 
 
 def nash_mtl_weights(K: torch.Tensor, max_norm: float, iterations: int) -> torch.Tensor:

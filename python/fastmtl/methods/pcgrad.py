@@ -27,3 +27,6 @@ class PCGrad(GramWeighting):
     def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
         return functional.pcgrad_task_weights(K, reduction=self.options["reduction"], shuffle=self.options["shuffle"],
                                               generator=self.options["generator"], impl=self.impl)
+
+    def compiled_solve(self, K: torch.Tensor) -> torch.Tensor:  # the op gives NaN for a non-finite K itself
+        return self.solve(K, finite=None)

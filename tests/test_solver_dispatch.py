@@ -1,0 +1,82 @@
+"""Every Gram-space method with a compiled solve runs it as one op call: under impl="cpp"
+(impl="cuda" takes the same Python path) weights(K) dispatches the method's fastmtl op once,
+plus only the set-up its inputs need (a random order, UPGrad's rows, GradVac's state update), and
+none of the reference path's masking (isfinite / identity stand-in): one launch per solve on a
+GPU. impl="torch" never calls a compiled op."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import fastmtl
+
+pytestmark = pytest.mark.skipif(not fastmtl.HAS_EXT, reason="fastmtl._C not built")
+
+# The op of each method and the other ops its compiled path may dispatch.
+COMPILED = {
+    "mgda": ("mgda_weights", {"aten.detach"}),
+    "nash_mtl": ("nash_mtl_weights", {"aten.detach"}),
+    "imtl_g": ("imtl_g_weights", {"aten.detach"}),
+    "aligned_mtl": ("aligned_mtl_weights", {"aten.detach"}),
+    "cagrad": ("cagrad_weights", {"aten.detach"}),
+    "upgrad": ("dual_cone_weights", {"aten.detach", "aten.eye", "aten.div", "aten.sum"}),
+    "dualproj": ("dual_cone_weights", {"aten.detach", "aten.full", "aten.select"}),
+    "gradvac": ("gradvac_weights", {"aten.detach", "aten.zeros", "aten.rand", "aten.sort", "aten.isnan", "aten.where"}),
+    "pcgrad": ("pcgrad_weights", {"aten.detach", "aten.rand", "aten.sort"}),
+}
+
+
+class OpLog(TorchDispatchMode):
+    """The overload packets (e.g. "aten.sort", "fastmtl.mgda_weights") dispatched inside."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def logged_weights(method, K):
+    with OpLog() as log:
+        w = method.weights(K)
+    return w, log.calls
+
+
+def test_every_gram_method_with_an_op_is_listed():
+    gram_methods = {m for m in fastmtl.methods.available() if fastmtl.methods.method_class(m).family == "gram"}
+    assert gram_methods - {"sum", "mean"} == set(COMPILED)  # sum and mean need no solve
+
+
+@pytest.mark.parametrize("name", sorted(COMPILED))
+def test_compiled_path_is_one_op_call(name):
+    op, allowed = COMPILED[name]
+    G = torch.randn(5, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    method = fastmtl.methods.create(name, impl="cpp")
+    w, calls = logged_weights(method, G @ G.T)
+    assert calls.count(f"fastmtl.{op}") == 1, calls
+    assert set(calls) - {f"fastmtl.{op}"} <= allowed, calls
+    assert torch.isfinite(w).all()
+
+
+@pytest.mark.parametrize("name", sorted(COMPILED))
+def test_compiled_path_keeps_the_nan_policy(name):
+    # Without the masking ops, the op itself gives all-NaN weights for a non-finite K, and a
+    # stateful method keeps its state.
+    G = torch.randn(4, 9, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    method = fastmtl.methods.create(name, impl="cpp")
+    method.weights(G @ G.T)
+    state = {key: value.clone() for key, value in method.state_dict().items() if value is not None}
+    K = G @ G.T
+    K[1, 2] = float("nan")
+    assert method.weights(K).isnan().all()
+    for key, value in state.items():
+        assert torch.equal(method.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("name", sorted(COMPILED))
+def test_torch_path_calls_no_compiled_op(name):
+    G = torch.randn(5, 20, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    _, calls = logged_weights(fastmtl.methods.create(name, impl="torch"), G @ G.T)
+    assert not [call for call in calls if call.startswith("fastmtl.")], calls
