@@ -16,6 +16,10 @@ and ``step`` as with a plain optimizer. With ``torch.amp.GradScaler``, pass it:
 ``shared`` is either the shared parameters (one group shared by every task) or a list of
 groups ``{"params": ..., "tasks": [0, 2], "method": ..., **method options}``: each group's
 per-task gradient matrix holds only the rows of its tasks and is combined by its own method.
+
+On several processes (``process_group=torch.distributed.group.WORLD``, an unwrapped model, each
+process with its shard of the batch): every gradient the optimizer writes is the average over
+the processes, so training equals one process on the whole batch (``engine/distributed.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from fastmtl._numerics import cosine_from_gram
 from fastmtl.methods import _options
 from fastmtl.engine import (
     FeatureGradients,
+    ProcessAverage,
     ParameterGradients,
     SharedGroup,
     TaskMatrix,
@@ -49,6 +54,9 @@ def diagnostics_of(K: torch.Tensor, weights: torch.Tensor | None) -> dict:
     return {"weights": weights, "cosine": cosine, "conflicts": conflicts}
 
 
+_ALONE = object()  # MTLOptimizer's default process_group: this process alone
+
+
 def _delegated(name: str) -> property:
     return property(lambda self: getattr(self.optimizer, name), doc=f"The wrapped optimizer's {name}.")
 
@@ -63,6 +71,12 @@ class MTLOptimizer(torch.optim.Optimizer):
     pass per group instead of T (the heads still get their plain gradients).
     ``diagnostics=True`` keeps ``last_diagnostics`` after each full backward: task weights,
     cosine matrix, number of conflicting pairs (a list, one per group, with several groups).
+    ``process_group``: average over these processes (see the module docstring). At construction
+    the optimizer's parameters take rank 0's values, and a method that draws random numbers
+    without a generator of its own (PCGrad's order, GradDrop's masks) gets the optimizer's
+    ``generator``, seeded from rank 0 and saved in ``state_dict``; a generator of the method's
+    own must be in the same state on every rank (checked). Gradients already in ``.grad`` before
+    a ``backward`` must be equal on every rank (``zero_grad``, or earlier ``backward`` calls).
 
     It is a ``torch.optim.Optimizer`` (so LR schedulers and GradScaler accept it) that delegates
     ``param_groups``, ``state``, ``defaults``, ``step`` and its hooks to the wrapped optimizer; it
@@ -70,7 +84,7 @@ class MTLOptimizer(torch.optim.Optimizer):
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, method="pcgrad", shared=None, *, every: int = 1,
-                 diagnostics: bool = False, **options):
+                 diagnostics: bool = False, process_group=_ALONE, **options):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if shared is None:
@@ -81,9 +95,15 @@ class MTLOptimizer(torch.optim.Optimizer):
         diagnostics = _options.flag("MTLOptimizer", "diagnostics", diagnostics)
         self.optimizer, self.every, self.diagnostics = optimizer, int(every), diagnostics
         self.method = methods.create(method, **options)  # the default method of every group
+        # Not None as the default: torch.distributed.group.WORLD is None until the default process
+        # group is initialised, and passing it then must raise, not train alone silently.
+        self.processes = None if process_group is _ALONE else ProcessAverage(process_group)
+        self.generator: torch.Generator | None = None  # the methods' random numbers, with a process group
         self.groups: list[SharedGroup] = []
         for spec in _group_specs(shared):
             self._add_group(spec)
+        if self.processes is not None:
+            self.processes.broadcast_([p.detach() for group in optimizer.param_groups for p in group["params"]])
         self._step = 0
         self.last_diagnostics: dict | list | None = None
         self._features: tuple[torch.Tensor, torch.Tensor] | None = None  # (z, its detached leaf), set by features()
@@ -131,8 +151,23 @@ class MTLOptimizer(torch.optim.Optimizer):
         if new:
             self.optimizer.add_param_group({**(param_group or {}), "params": new})
         group = SharedGroup(params, tasks, group_method)
+        self._same_random_numbers(group_method, params[0].device)
         self.groups.append(group)
         return group
+
+    def _same_random_numbers(self, method: methods.Method, device: torch.device) -> None:
+        """With a process group, every rank must draw the same random numbers: a method without a
+        generator gets the optimizer's (seeded from rank 0); one with its own is checked."""
+        if self.processes is None or "generator" not in method.options:
+            return
+        if method.options["generator"] is None:
+            if self.generator is None:
+                self.generator = torch.Generator(device=device)
+                self.generator.manual_seed(self.processes.shared_seed())
+            method.options["generator"] = self.generator
+        elif method.options["generator"] is not self.generator:
+            state = method.options["generator"].get_state().numpy().tobytes()
+            self.processes.check_same(state, f"{method.name}'s generator")
 
     def branch(self, params, branches, method=None, **options) -> list[SharedGroup]:
         """Replaces shared parameters by copies, one set per branch (e.g. FairBranch's branch
@@ -195,6 +230,7 @@ class MTLOptimizer(torch.optim.Optimizer):
         for number, (copies, tasks) in enumerate(specs):
             branch_method = group_method if number == 0 and not any(g.method is group_method for g in self.groups) \
                 else group_method.fresh()
+            self._same_random_numbers(branch_method, copies[0].device)
             added.append(SharedGroup(copies, tasks, branch_method))
         self.groups = before + added + after
         return added
@@ -219,6 +255,10 @@ class MTLOptimizer(torch.optim.Optimizer):
                                  "and takes one group of shared parameters")
             if self.every != 1 or self.diagnostics:
                 raise ValueError(f"method {method.name!r} works on the losses: every and diagnostics do not apply")
+            if self.processes is not None:
+                raise ValueError(f"method {method.name!r} builds its loss from this process's gradients (a non-linear "
+                                 "function of them), so averaging over processes would not equal one process on the "
+                                 "whole batch: loss-side methods are not supported with a process group")
         if self.every > 1 and method.family != "gram":
             raise ValueError(f"every={self.every} needs a Gram-space weighting method, and {method.name!r} is not one")
 
@@ -289,6 +329,9 @@ class MTLOptimizer(torch.optim.Optimizer):
         ``scaler``: a GradScaler to scale the (unscaled) losses with; see the module docstring."""
         features, self._features = self._features, None  # feature mode is for this call only, even if it fails
         losses = check_losses(losses)
+        if features is not None and self.processes is not None:
+            raise ValueError("feature mode (features()) is not supported with a process group yet: the feature "
+                             "gradients of different ranks belong to different samples")
         if self.method.family == "loss":
             return self._backward_loss(losses, scaler)
         scale = None
@@ -302,7 +345,7 @@ class MTLOptimizer(torch.optim.Optimizer):
         with all_or_nothing(self._shared_params(), heads), self._method_states_kept_on_error():
             if features is None and self._reuse_weights(len(losses)):
                 return self._backward_weighted(losses, heads)
-            source = (ParameterGradients(self.groups, heads) if features is None
+            source = (ParameterGradients(self.groups, heads, self.processes) if features is None
                       else FeatureGradients(self.groups[0], *features))
             combined = {}
             for matrix in source.collect(losses):                                # collect
@@ -365,6 +408,9 @@ class MTLOptimizer(torch.optim.Optimizer):
             grads = torch.autograd.grad(sum(loss.reshape(()) for loss in losses), heads, allow_unused=True)
             for p, grad in zip(heads, grads):
                 p.grad = grad
+        if self.processes is not None:  # the same w on every rank: the mean of w · G_r is w · mean G_r
+            self.processes.average_([group.combined for group in self.groups if id(group) in combined]
+                                    + [p.grad for p in heads if p.grad is not None])
         self.last_diagnostics = None  # no per-task gradients on this step
         return self._per_group(combined)
 
@@ -380,6 +426,7 @@ class MTLOptimizer(torch.optim.Optimizer):
         return {
             "optimizer": self.optimizer.state_dict(),
             "fastmtl": {"method": self.method.name, "every": self.every, "step": self._step,
+                        "generator": None if self.generator is None else self.generator.get_state(),
                         "groups": [{"tasks": group.tasks, "method": group.method.name,
                                     "method_state": group.method.state_dict(), "weights": group.weights,
                                     "weights_mode": group.weights_mode} for group in self.groups]},
@@ -417,6 +464,8 @@ class MTLOptimizer(torch.optim.Optimizer):
                 group.weights = None if weights is None else weights.to(group.params[0].device).clone()
                 group.weights_mode = state["weights_mode"]
             self.optimizer.load_state_dict(state_dict["optimizer"])
+        if ours.get("generator") is not None and self.generator is not None:
+            self.generator.set_state(ours["generator"])
         self._step = ours["step"]
 
     def __repr__(self) -> str:

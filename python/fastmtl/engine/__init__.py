@@ -1,12 +1,13 @@
 """The gradient engine: where per-task gradients come from (``sources``), the groups of
 shared parameters they are collected for (``groups``), and the all-or-nothing handling of
-``.grad`` around a backward (``snapshot``). MTLOptimizer runs it as collect → (reduce) →
-weight → combine → write."""
+``.grad`` around a backward (``snapshot``), the averaging over processes (``distributed``).
+MTLOptimizer runs it as collect → (average) → weight → combine → write."""
 
 from fastmtl.engine.checks import check_losses, shared_parameter_list
+from fastmtl.engine.distributed import ProcessAverage
 from fastmtl.engine.groups import SharedGroup, flat_grads, point_grads_at, task_list
 from fastmtl.engine.snapshot import all_or_nothing
 from fastmtl.engine.sources import FeatureGradients, ParameterGradients, TaskMatrix
 
-__all__ = ["FeatureGradients", "ParameterGradients", "SharedGroup", "TaskMatrix", "all_or_nothing", "check_losses",
+__all__ = ["FeatureGradients", "ParameterGradients", "ProcessAverage", "SharedGroup", "TaskMatrix", "all_or_nothing", "check_losses",
            "flat_grads", "point_grads_at", "shared_parameter_list", "task_list"]

@@ -4,7 +4,8 @@ A source ``collect``s one ``TaskMatrix`` per group from the task losses and late
 each group's combined gradient back. Parameter level: one backward pass per task, each writing
 its gradient straight into the group's buffer row (``.grad`` views). Feature level: per-task
 gradients of a shared representation z, and one backward of the combined gradient through the
-encoder. (Cross-process reductions slot in between collect and write.)
+encoder. With a process group (``engine.distributed``), the parameter-level source averages each
+task's rows over the processes as soon as its pass ends, and the heads' gradients at the end.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fastmtl.engine.distributed import ProcessAverage
 from fastmtl.engine.groups import SharedGroup, point_grads_at
 
 
@@ -30,10 +32,12 @@ class ParameterGradients:
     of the optimizer; they get the plain gradients of the losses that reach them. With heads
     given (None: a plain ``loss.backward()`` per task), each pass is restricted to them and to
     the groups of its task, so only parameters the optimizer holds receive gradients, on every
-    kind of step."""
+    kind of step. ``average``: the processes to average G's rows and the heads' gradients over
+    (None: this process alone)."""
 
-    def __init__(self, groups: list[SharedGroup], heads: list[torch.nn.Parameter] | None):
-        self.groups, self.heads = groups, heads
+    def __init__(self, groups: list[SharedGroup], heads: list[torch.nn.Parameter] | None,
+                 average: ProcessAverage | None = None):
+        self.groups, self.heads, self.average = groups, heads, average
 
     def collect(self, losses: list[torch.Tensor]) -> list[TaskMatrix]:
         T = len(losses)
@@ -44,17 +48,31 @@ class ParameterGradients:
                 tasks = group.task_indices(T)
                 matrices.append(TaskMatrix(group, params, group.rows(len(tasks), params)))
         row_of = [{t: r for r, t in enumerate(m.group.task_indices(T))} for m in matrices]
-        for t, loss in enumerate(losses):
-            inputs = [] if self.heads is None else list(self.heads)
-            for matrix, rows in zip(matrices, row_of):
-                if t in rows:  # a group that task t does not share never sees its gradient
-                    point_grads_at(matrix.params, matrix.G[rows[t]])
-                    inputs += matrix.params
-            retain = t < T - 1
-            if self.heads is None:
-                loss.backward(retain_graph=retain)
-            elif inputs:
-                loss.backward(retain_graph=retain, inputs=inputs)
+        try:
+            for t, loss in enumerate(losses):
+                inputs = [] if self.heads is None else list(self.heads)
+                for matrix, rows in zip(matrices, row_of):
+                    if t in rows:  # a group that task t does not share never sees its gradient
+                        point_grads_at(matrix.params, matrix.G[rows[t]])
+                        inputs += matrix.params
+                retain = t < T - 1
+                if self.heads is None:
+                    loss.backward(retain_graph=retain)
+                elif inputs:
+                    loss.backward(retain_graph=retain, inputs=inputs)
+                if self.average is not None:  # task t's rows are complete: overlap their sum with the next pass
+                    for matrix, rows in zip(matrices, row_of):
+                        if t in rows:
+                            self.average.start(matrix.G[rows[t]])
+        except BaseException:
+            if self.average is not None:
+                self.average.cancel()
+            raise
+        if self.average is not None:
+            for p in self.heads or []:
+                if p.grad is not None:
+                    self.average.start(p.grad)
+            self.average.finish()
         return matrices
 
     def write(self, matrix: TaskMatrix, combined: torch.Tensor) -> None:

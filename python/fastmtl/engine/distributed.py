@@ -1,0 +1,82 @@
+"""Averaging across processes (torch.distributed): what MTLOptimizer runs between collect and
+write when it is given a process group.
+
+Training on N processes, each with an equal shard of the batch and mean losses, must equal one
+process on the whole batch. The whole batch's task gradient is the mean of the shards' task
+gradients, so each group's per-task matrix G is averaged over the processes before its Gram
+matrix, weights and combination: every rank then holds the same G, computes the same weights and
+writes the same update (bit for bit: the same kernels on the same numbers). The heads' plain
+gradients are averaged too. Each task's rows are all-reduced as soon as its backward pass ends,
+asynchronously, so the communication overlaps the next task's pass.
+
+Ring all-reduce volume per rank and step: 2(N-1)/N · T · P for the shared parameters (plain DDP
+sends 2(N-1)/N · P): the price of exact per-task surgery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+import torch.distributed as dist
+
+
+class ProcessAverage:
+    """Averages tensors over the processes of ``process_group`` (a ProcessGroup, or
+    ``torch.distributed.group.WORLD``); the default process group must be initialised."""
+
+    def __init__(self, process_group):
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError("process_group: torch.distributed is not initialised (call "
+                               "torch.distributed.init_process_group first, e.g. under torchrun; until then "
+                               "torch.distributed.group.WORLD is None)")
+        if process_group is None or isinstance(process_group, (str, int)):
+            raise TypeError("process_group must be a torch.distributed ProcessGroup (or "
+                            f"torch.distributed.group.WORLD), got {process_group!r}")
+        self.group = process_group
+        self.size = dist.get_world_size(process_group)
+        self.source = dist.get_global_rank(process_group, 0)  # the global rank of the group's rank 0
+        self._pending: list = []  # (work, tensor) of asynchronous all-reduces not yet waited for
+
+    def broadcast_(self, tensors) -> None:
+        """Every tensor takes the value it has on the group's rank 0."""
+        for tensor in tensors:
+            dist.broadcast(tensor, src=self.source, group=self.group)
+
+    def start(self, tensor: torch.Tensor) -> None:
+        """Starts summing ``tensor`` over the processes in place (see ``finish``)."""
+        self._pending.append((dist.all_reduce(tensor, group=self.group, async_op=True), tensor))
+
+    def finish(self) -> None:
+        """Waits for the started sums and divides them by the number of processes."""
+        pending, self._pending = self._pending, []
+        for work, tensor in pending:
+            work.wait()
+            tensor.div_(self.size)
+
+    def cancel(self) -> None:
+        """Waits for the started sums and drops them (a failed backward: nothing is written)."""
+        pending, self._pending = self._pending, []
+        for work, _ in pending:
+            work.wait()
+
+    def average_(self, tensors) -> None:
+        for tensor in tensors:
+            self.start(tensor)
+        self.finish()
+
+    def shared_seed(self) -> int:
+        """A random 63-bit seed drawn on rank 0, the same on every rank."""
+        seed = torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64)
+        dist.broadcast(seed, src=self.source, group=self.group)
+        return int(seed)
+
+    def check_same(self, data: bytes, what: str) -> None:
+        """Raises unless ``data`` is the same on every rank (compared by a SHA-256 digest)."""
+        digest = torch.frombuffer(bytearray(hashlib.sha256(data).digest()), dtype=torch.uint8).to(torch.int64)
+        low, high = digest.clone(), digest.clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN, group=self.group)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX, group=self.group)
+        if not torch.equal(low, high):
+            raise ValueError(f"{what} differs between the processes: every rank must draw the same random "
+                             "numbers (seed it identically on every rank, or leave it to the optimizer)")
