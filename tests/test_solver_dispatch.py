@@ -21,7 +21,8 @@ COMPILED = {
     "cagrad": ("cagrad_weights", {"aten.detach"}),
     "upgrad": ("dual_cone_weights", {"aten.detach", "aten.eye", "aten.div", "aten.sum"}),
     "dualproj": ("dual_cone_weights", {"aten.detach", "aten.full", "aten.select"}),
-    "gradvac": ("gradvac_weights", {"aten.detach", "aten.zeros", "aten.rand", "aten.sort", "aten.isnan", "aten.where"}),
+    "gradvac": ("gradvac_weights", {"aten.detach", "aten.zeros", "aten.rand", "aten.sort", "aten.select", "aten.isnan",
+                                    "aten.where"}),
     "pcgrad": ("pcgrad_weights", {"aten.detach", "aten.rand", "aten.sort"}),
 }
 

@@ -3,14 +3,13 @@
 
 #include "cpu/small_solve_cpu.h"
 #include "fastmtl/mgda_math.h"
+#include "mgda_checks.h"
 
 namespace fastmtl::cpu {
 namespace {
 
 at::Tensor mgda_weights_cpu(const at::Tensor& gram, int64_t max_iters, double epsilon) {
-  check_gram_matrix(gram);
-  TORCH_CHECK(max_iters > 0 && epsilon > 0, "fastmtl: mgda needs max_iters > 0 and epsilon > 0, got ", max_iters,
-              " and ", epsilon);
+  check_mgda_inputs(gram, max_iters, epsilon);
   return run_small_solve_cpu(gram, 1, MgdaSolver{max_iters, epsilon});
 }
 

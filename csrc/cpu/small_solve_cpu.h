@@ -34,7 +34,8 @@ at::Tensor run_small_solve_cpu(const at::Tensor& gram, int64_t jobs, const Solve
     return out;
   }
   const int64_t per_job = solver.scratch_size(T);
-  // A job costs O(T^2) to O(T^3): below ~8 jobs (or tiny T) threads cost more than they save.
+  // A job costs O(T^2) to O(T^3): below T = 16 the whole solve takes microseconds, less than
+  // waking a thread, so it runs inline; above, each job is worth a thread.
   const int64_t grain = T >= 16 ? 1 : jobs;
   at::parallel_for(0, jobs, grain, [&](int64_t begin, int64_t end) {
     std::vector<double> scratch(per_job);

@@ -3,15 +3,13 @@
 
 #include "cuda/small_solve_cuda.cuh"
 #include "fastmtl/mgda_math.h"
-#include "op_checks.h"
+#include "mgda_checks.h"
 
 namespace fastmtl::cuda {
 namespace {
 
 at::Tensor mgda_weights_cuda(const at::Tensor& gram, int64_t max_iters, double epsilon) {
-  check_gram_matrix(gram);
-  TORCH_CHECK(max_iters > 0 && epsilon > 0, "fastmtl: mgda needs max_iters > 0 and epsilon > 0, got ", max_iters,
-              " and ", epsilon);
+  check_mgda_inputs(gram, max_iters, epsilon);
   return run_small_solve_cuda(gram, 1, MgdaSolver{max_iters, epsilon});
 }
 

@@ -3,7 +3,8 @@
 // no host round-trip: the CUDA twin of csrc/cpu/small_solve_cpu.h (which documents the solver
 // interface). K is copied to shared memory in float64 when T <= kSharedTasks (32 KiB); beyond,
 // the same code reads it from global memory (slower, still one launch, no size limit). Thread j
-// runs jobs j, j + blockDim, ...; each job's scratch is in a global float64 workspace (cached).
+// runs jobs j, j + blockDim, ... one after another in its own slice of a global float64 workspace
+// (cached): blockDim slices at most, not one per job (UPGrad has T jobs of O(T^2) scratch each).
 // A non-finite K makes every output NaN, as on the CPU.
 #include <ATen/ATen.h>
 
@@ -35,7 +36,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t e = threadIdx.x; e < solver.out_size(T); e += blockDim.x) out[e] = NAN;
     return;
   }
-  for (int64_t job = threadIdx.x; job < jobs; job += blockDim.x) solver(K, T, job, scratch + job * per_job, out);
+  double* mine = scratch + threadIdx.x * per_job;
+  for (int64_t job = threadIdx.x; job < jobs; job += blockDim.x) solver(K, T, job, mine, out);
 }
 
 template <typename Solver>
@@ -45,9 +47,9 @@ at::Tensor run_small_solve_cuda(const at::Tensor& gram, int64_t jobs, const Solv
   const int64_t T = gram.size(0);
   const at::Tensor K = gram.to(at::kDouble).contiguous();
   const int64_t per_job = solver.scratch_size(T);
-  at::Tensor scratch = at::empty({std::max<int64_t>(1, jobs * per_job)}, K.options());
-  at::Tensor out = at::empty({solver.out_size(T)}, K.options());
   const int threads = static_cast<int>(std::min<int64_t>(kThreads, ((jobs + 31) / 32) * 32));
+  at::Tensor scratch = at::empty({std::max<int64_t>(1, std::min<int64_t>(jobs, threads) * per_job)}, K.options());
+  at::Tensor out = at::empty({solver.out_size(T)}, K.options());
   const size_t shared_bytes = T <= kSharedTasks ? static_cast<size_t>(T * T) * sizeof(double) : 0;
   small_solve_kernel<Solver><<<1, threads, shared_bytes, at::cuda::getCurrentCUDAStream()>>>(
       K.const_data_ptr<double>(), T, jobs, per_job, scratch.data_ptr<double>(), out.data_ptr<double>(), solver);

@@ -44,7 +44,13 @@ def _cluster_tasks_fake(similarity, n_groups, threshold, linkage):
     return similarity.new_empty((similarity.shape[0],), dtype=torch.int64)
 
 
+def _square(gram):
+    """The shape checks of the solver ops' C++ kernels, so a traced call fails where the eager one would."""
+    torch._check(gram.dim() == 2 and gram.shape[0] == gram.shape[1], lambda: f"gram must be square, got {gram.shape}")
+
+
 def _weights_fake(gram, *options):
+    _square(gram)
     return gram.new_empty((gram.shape[0],), dtype=torch.float64)
 
 
@@ -54,10 +60,14 @@ for _name in ("mgda_weights", "nash_mtl_weights", "imtl_g_weights", "aligned_mtl
 
 @torch.library.register_fake("fastmtl::gradvac_weights")
 def _gradvac_weights_fake(gram, targets, order, beta, eps):
+    _square(gram)
     tasks = gram.shape[0]
+    torch._check(targets.shape == gram.shape, lambda: f"targets must be [T, T] = {list(gram.shape)}")
     return gram.new_empty((tasks,), dtype=torch.float64), gram.new_empty((tasks, tasks), dtype=torch.float64)
 
 
 @torch.library.register_fake("fastmtl::dual_cone_weights")
 def _dual_cone_weights_fake(gram, U, norm_eps, reg_eps):
+    _square(gram)
+    torch._check(U.dim() == 2 and U.shape[1] == gram.shape[0], lambda: f"U must be [m, T], got {U.shape}")
     return gram.new_empty(U.shape, dtype=torch.float64)

@@ -1,5 +1,4 @@
-// Unit tests of csrc/include/fastmtl/dense_math.h (Cholesky, LU with partial pivoting, the
-// small helpers) and of csrc/include/fastmtl/mgda_math.h. Plain C++, no libtorch; run by CTest.
+// Unit tests of csrc/include/fastmtl/dense_math.h (Cholesky, the small helpers) and of csrc/include/fastmtl/mgda_math.h. Plain C++, no libtorch; run by CTest.
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -46,26 +45,6 @@ void test_leading_dimension() {
   EXPECT_NEAR(b[0], 1.25, 8 * kEps);
   EXPECT_NEAR(b[1], 1.5, 8 * kEps);
   EXPECT(A[2] == 99 && A[8] == 99);
-}
-
-// [[0, 1], [1, 0]] and [[0, 1, 1], [1, 0, 1], [1, 1, 0]] (det 2) need row swaps (a zero first pivot).
-void test_lu_pivots() {
-  double swap[4] = {0, 1, 1, 0};
-  int64_t pivot[3];
-  EXPECT(fastmtl::lu_factor(swap, 2, 2, pivot));
-  double b[2] = {3, 5};
-  fastmtl::lu_solve(swap, 2, 2, pivot, b);
-  EXPECT(b[0] == 5 && b[1] == 3);
-  double kkt[9] = {0, 1, 1, 1, 0, 1, 1, 1, 0};
-  const double original[9] = {0, 1, 1, 1, 0, 1, 1, 1, 0};
-  const double x[3] = {1, -2, 3};
-  double rhs[3];
-  for (int i = 0; i < 3; ++i) rhs[i] = fastmtl::dot(original + 3 * i, x, 3);
-  EXPECT(fastmtl::lu_factor(kkt, 3, 3, pivot));
-  fastmtl::lu_solve(kkt, 3, 3, pivot, rhs);
-  for (int i = 0; i < 3; ++i) EXPECT_NEAR(rhs[i], x[i], 16 * kEps);
-  double singular[4] = {1, 2, 2, 4};
-  EXPECT(!fastmtl::lu_factor(singular, 2, 2, pivot));
 }
 
 // Random SPD systems of size 1..40: the residual of the computed x within Cholesky's backward
@@ -117,7 +96,6 @@ int main() {
   test_cholesky_hand_case();
   test_cholesky_refuses();
   test_leading_dimension();
-  test_lu_pivots();
   test_random_spd_residuals();
   test_mgda_hand_case();
   return report("test_dense_math");

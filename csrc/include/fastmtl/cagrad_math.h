@@ -24,6 +24,7 @@
 //
 // Indices of the corral are kept as small integers in the float64 scratch (exact below 2^53),
 // since the solver interface (csrc/cpu/small_solve_cpu.h) has float64 scratch only.
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -34,11 +35,7 @@
 namespace fastmtl {
 namespace cagrad_detail {
 
-constexpr double kEps = 2.220446049250313e-16;     // torch.finfo(float64).eps = 2^-52
-constexpr double kTiny = 2.2250738585072014e-308;  // torch.finfo(float64).tiny
 constexpr double kInf = std::numeric_limits<double>::infinity();
-
-FASTMTL_HOST_DEVICE inline bool is_finite(double x) { return x - x == 0; }
 
 // Wolfe's steps per projection: see _wolfe_steps in the reference (at least one per vertex of
 // the optimal face, room for the minor steps).
@@ -116,7 +113,7 @@ FASTMTL_HOST_DEVICE inline bool min_norm_point(const double* K, int64_t T, const
     work.best_corral[i] = corral[i];
   }
   // The gap's rounding: K lam and lamᵀ K lam are sums of T + 1 terms of size <= max diag(K).
-  const double gap_tol = 4.0 * static_cast<double>(T + 2) * kEps * max_diag;
+  const double gap_tol = 4.0 * static_cast<double>(T + 2) * DBL_EPSILON * max_diag;
   bool done = false;
   for (int64_t step = 0; step < steps && !done; ++step) {
     matvec(K, T, T, lam, work.K_lam);
@@ -163,7 +160,7 @@ FASTMTL_HOST_DEVICE inline bool min_norm_point(const double* K, int64_t T, const
           if (mu[i] > 0) continue;
           inside = false;
           const double gap = lam[i] - mu[i];
-          const double ratio = lam[i] / (gap > kTiny ? gap : kTiny);
+          const double ratio = lam[i] / (gap > DBL_MIN ? gap : DBL_MIN);
           if (ratio < theta) {
             theta = ratio;
             leaving = i;
@@ -188,7 +185,7 @@ FASTMTL_HOST_DEVICE inline bool min_norm_point(const double* K, int64_t T, const
               work.K_lam[i] = value;  // K_lam is free until the next step
               sum += value;
             }
-            sum = sum > kTiny ? sum : kTiny;
+            sum = sum > DBL_MIN ? sum : DBL_MIN;
             for (int64_t i = 0; i < T; ++i) {
               lam[i] = work.K_lam[i] / sum;
               corral[i] = (corral_try[i] != 0 && lam[i] > 0) ? 1.0 : 0.0;
@@ -289,7 +286,7 @@ struct CagradSolver {
                                                    const cagrad_detail::WolfeWork& work) {
     double smallest = b[0];
     for (int64_t i = 1; i < T; ++i) smallest = std::fmin(smallest, b[i]);
-    const double ties = smallest + 4.0 * static_cast<double>(T + 2) * cagrad_detail::kEps;
+    const double ties = smallest + 4.0 * static_cast<double>(T + 2) * DBL_EPSILON;
     for (int64_t i = 0; i < T; ++i) allowed[i] = b[i] <= ties ? 1.0 : 0.0;
     cagrad_detail::min_norm_point(K, T, allowed, cagrad_detail::wolfe_steps(T), false, w, corral, work);
   }
@@ -377,7 +374,7 @@ struct CagradSolver {
     for (int64_t i = 0; i < T; ++i) w_a[i] = w_b[i] = 0;
     const int64_t n = cagrad_detail::gather_members(corral, T, members);
     if (!cagrad_detail::factor_corral(K, T, members, n, factor)) {
-      for (int64_t i = 0; i < T; ++i) w_a[i] = std::numeric_limits<double>::quiet_NaN();  // no candidates
+      for (int64_t i = 0; i < T; ++i) w_a[i] = NAN;  // no candidates
       return;
     }
     // Gathered: alpha = (K_S + 11ᵀ)⁻¹ 1 in w_a[0..n), beta = (K_S + 11ᵀ)⁻¹ b_S.
@@ -413,7 +410,7 @@ struct CagradSolver {
     const double candidates[2] = {q / (a != 0 ? a : 1.0), A0 / (q != 0 ? q : 1.0)};
     const bool real[2] = {a != 0, q != 0};
     for (int k = 0; k < 2; ++k) {
-      if (real[k] && discriminant >= 0 && cagrad_detail::is_finite(candidates[k])) roots[k] = candidates[k];
+      if (real[k] && discriminant >= 0 && is_finite_value(candidates[k])) roots[k] = candidates[k];
     }
   }
 

@@ -1,12 +1,13 @@
 #pragma once
-// Small dense float64 linear algebra for the T x T solvers (T up to a few hundred): Cholesky and
-// LU with partial pivoting, on row-major matrices with a leading dimension. Plain C++ shared by
+// Small dense float64 linear algebra for the T x T solvers (T up to a few hundred): Cholesky on
+// row-major matrices with a leading dimension, products, the finiteness of a vector. Plain C++ shared by
 // the CPU kernels and the CUDA kernels (one thread runs one solve), no libtorch, so CTest checks
 // it alone. Every routine reports failure (a non-positive or zero pivot, or a non-finite one)
 // instead of dividing by it: the solvers then keep their previous iterate.
 #include <cmath>
 #include <cstdint>
 
+#include "fastmtl/finite.h"
 #include "fastmtl/macros.h"
 
 namespace fastmtl {
@@ -59,53 +60,10 @@ FASTMTL_HOST_DEVICE inline void cholesky_solve(const double* L, int64_t n, int64
   }
 }
 
-// In-place LU with partial pivoting, P A = L U (unit L below the diagonal, U on and above it);
-// pivot[k] is the row swapped with row k at step k. For the symmetric indefinite systems (KKT
-// matrices) where Cholesky does not apply. False when a pivot is zero or not finite.
-FASTMTL_HOST_DEVICE inline bool lu_factor(double* A, int64_t n, int64_t lda, int64_t* pivot) {
-  for (int64_t k = 0; k < n; ++k) {
-    int64_t best = k;
-    for (int64_t i = k + 1; i < n; ++i) {
-      if (std::fabs(A[i * lda + k]) > std::fabs(A[best * lda + k])) best = i;
-    }
-    pivot[k] = best;
-    if (best != k) {
-      for (int64_t j = 0; j < n; ++j) {
-        const double swap = A[k * lda + j];
-        A[k * lda + j] = A[best * lda + j];
-        A[best * lda + j] = swap;
-      }
-    }
-    const double diagonal = A[k * lda + k];
-    if (!(diagonal != 0) || !(diagonal - diagonal == 0)) return false;
-    for (int64_t i = k + 1; i < n; ++i) {
-      const double factor = A[i * lda + k] / diagonal;
-      A[i * lda + k] = factor;
-      for (int64_t j = k + 1; j < n; ++j) A[i * lda + j] -= factor * A[k * lda + j];
-    }
-  }
-  return true;
-}
-
-// Solve A x = b in place with the factors and pivots from lu_factor.
-FASTMTL_HOST_DEVICE inline void lu_solve(const double* LU, int64_t n, int64_t lda, const int64_t* pivot, double* b) {
-  for (int64_t k = 0; k < n; ++k) {
-    const double swap = b[k];
-    b[k] = b[pivot[k]];
-    b[pivot[k]] = swap;
-  }
-  for (int64_t i = 0; i < n; ++i) b[i] -= dot(LU + i * lda, b, i);
-  for (int64_t i = n - 1; i >= 0; --i) {
-    double total = b[i];
-    for (int64_t k = i + 1; k < n; ++k) total -= LU[i * lda + k] * b[k];
-    b[i] = total / LU[i * lda + i];
-  }
-}
-
 // True when every one of the n values is finite.
 FASTMTL_HOST_DEVICE inline bool all_finite_values(const double* x, int64_t n) {
   bool finite = true;
-  for (int64_t k = 0; k < n; ++k) finite = finite && (x[k] - x[k] == 0);
+  for (int64_t k = 0; k < n; ++k) finite = finite && is_finite_value(x[k]);
   return finite;
 }
 

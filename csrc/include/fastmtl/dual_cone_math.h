@@ -45,8 +45,6 @@ FASTMTL_HOST_DEVICE inline double kkt_tolerance(int64_t T) {
   return 4.0 * static_cast<double>(2 * T + 2) * (DBL_EPSILON / 2);
 }
 
-FASTMTL_HOST_DEVICE inline bool finite_value(double x) { return x - x == 0; }
-
 // A = K / trace(K) + reg I, row-major T x T; zeros plus reg I when trace(K) < norm_eps. Multiplies
 // by 1 / trace (within an ulp of the division, much cheaper) unless that reciprocal is subnormal.
 FASTMTL_HOST_DEVICE inline void regularised_gram(const double* K, int64_t T, double norm_eps, double reg_eps,
@@ -186,7 +184,7 @@ FASTMTL_HOST_DEVICE inline double candidate_violation(const double* A, int64_t T
   double s_scale = 0;
   for (int64_t i = 0, a = 0; i < T; ++i) {
     r.s[i] = r.free[i] != 0 ? r.work[a++] : 0.0;
-    ok = ok && finite_value(r.s[i]);
+    ok = ok && is_finite_value(r.s[i]);
     const double size = std::fabs(r.s[i]) > std::fabs(u[i]) ? std::fabs(r.s[i]) : std::fabs(u[i]);
     s_scale = size > s_scale ? size : s_scale;
   }
@@ -307,7 +305,7 @@ FASTMTL_HOST_DEVICE inline void interior_point_start(const double* A, int64_t T,
     bool ok = true;
     for (int64_t i = 0; i < T; ++i) {
       const double s_next = s[i] + step * r.ds[i], w_next = w[i] + step * r.dw[i];
-      ok = ok && finite_value(s_next) && finite_value(w_next) && s_next > 0 && w_next > 0;
+      ok = ok && is_finite_value(s_next) && is_finite_value(w_next) && s_next > 0 && w_next > 0;
     }
     if (!ok) continue;
     for (int64_t i = 0; i < T; ++i) {

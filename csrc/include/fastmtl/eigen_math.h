@@ -25,6 +25,7 @@
 // Jacobi method this replaced. One CPU thread, random Gram matrices: ~0.6 us at T = 4, ~10 us at
 // T = 16, ~250 us at T = 64 (Jacobi: 0.8, 30, 1270 us), about a fifth of it tridiagonalising, a
 // sixth forming Q, the rest in the QR steps (mostly rotating the rows of V^T).
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 
@@ -42,7 +43,6 @@ constexpr int64_t kQrMaxStepsPerRow = 30;
 
 namespace eigen_detail {
 
-constexpr double kUnitRoundoff = 0x1p-53;
 // A column of the (scaled, max |a_ij| in [0.5, 1)) matrix whose entries under the subdiagonal are
 // all at most 2^-500 counts as reduced (they are dropped): a perturbation far below u ||A|| >=
 // 2^-54, and a reflector is only formed when its largest square is a normal number (>= 2^-1000),
@@ -192,7 +192,7 @@ FASTMTL_HOST_DEVICE inline void tridiagonal_qr(double* d, double* e, int64_t n, 
   int64_t steps = 0;
   const auto negligible = [&](int64_t k) {  // e[k], between d[k] and d[k+1]
     const double size = std::fabs(e[k]);
-    return size <= absolute_floor || size <= kUnitRoundoff * (std::fabs(d[k]) + std::fabs(d[k + 1]));
+    return size <= absolute_floor || size <= (DBL_EPSILON / 2) * (std::fabs(d[k]) + std::fabs(d[k + 1]));
   };
   while (hi > 0) {
     if (negligible(hi - 1)) {  // d[hi] has converged
@@ -219,7 +219,8 @@ FASTMTL_HOST_DEVICE inline void tridiagonal_qr(double* d, double* e, int64_t n, 
 FASTMTL_HOST_DEVICE inline void symmetric_eigen(double* A, int64_t T, double* Vt, double* lambda) {
   double* active = Vt + T * T;  // 1 for the rows that take part, 0 for the ones set aside
   double* work = active + T;
-  // Scale by a power of two so that max |a_ij| is in [0.5, 1): exact (no rounding), and ||A||_F^2
+  // Scale by a power of two so that max |a_ij| is in [0.5, 1): exact except for entries that
+  // become subnormal (below 2^-1022 max|A|, far under the rounding of the result), and ||A||_F^2
   // can neither overflow (gradients ~1e150 give K ~1e300) nor underflow (~1e-150 give ~1e-300).
   int exponent = 0;
   std::frexp(eigen_detail::max_abs_lower(A, T), &exponent);  // 0 for the zero matrix
@@ -260,7 +261,7 @@ FASTMTL_HOST_DEVICE inline void symmetric_eigen(double* A, int64_t T, double* Vt
     // or after position k).
     for (int64_t k = 0; k < m; ++k) work[k] = A[k * m + k];
     for (int64_t k = 0; k + 1 < m; ++k) A[k] = A[(k + 1) * m + k];
-    const double absolute_floor = std::sqrt(frobenius_squared) * (eigen_detail::kUnitRoundoff / static_cast<double>(m));
+    const double absolute_floor = std::sqrt(frobenius_squared) * ((DBL_EPSILON / 2) / static_cast<double>(m));
     eigen_detail::tridiagonal_qr(work, A, m, Vt, absolute_floor);
   }
   if (m == T) {

@@ -9,8 +9,9 @@
 // The same steps as the reference python/fastmtl/methods/gradvac.py (gradvac_step), where every
 // task advances together; the tasks are independent, so here one job is one task (its
 // coefficient row and its targets row). The weights, w = sum_i c_i (the update sum_i g_i^PC =
-// w . G), are summed by the caller over the [T, T] coefficient block in task index order, so
-// no job writes another's output and the bits do not depend on the thread count.
+// w . G), are summed by the caller over the [T, T] coefficient block, so no job writes another's
+// output: on the CPU in task index order (the bits do not depend on the thread count), on the
+// GPU by a torch sum (deterministic, but its own summation order).
 // Order entries equal to i or outside [0, T) are skipped, as in PCGrad (surgery_math.h): a raw
 // op call with a bad order can never read out of bounds, and no device value is checked on the
 // host.

@@ -3,15 +3,10 @@
 // GradDrop sign purity and keep mask. Plain C++, no libtorch, so CTest can check it alone.
 #include <cstdint>
 
+#include "fastmtl/finite.h"
 #include "fastmtl/macros.h"
 
 namespace fastmtl {
-
-// True when x is neither NaN nor +-Inf (x - x is NaN for both). Portable to device code.
-template <typename T>
-FASTMTL_HOST_DEVICE inline bool is_finite_value(T x) {
-  return (x - x) == (x - x);
-}
 
 // PCGrad projection (Yu et al. 2020, Alg. 1): when g_i . g_j < 0, g_i -= (g_i . g_j / |g_j|^2) g_j.
 // Returns the coefficient of g_j to subtract; 0 when there is no conflict or g_j has zero norm

@@ -57,8 +57,9 @@ class GradVac(GramWeighting):
         previous, order = self._step_inputs(K)
         weights, targets = torch.ops.fastmtl.gradvac_weights(K, previous, order, self.options["beta"],
                                                              self.options["eps"])
-        # The op's targets are NaN exactly when K is not finite (all of them, then): keep the state.
-        self.targets = torch.where(targets.isnan(), previous, targets)
+        # The op makes every output NaN exactly when K is not finite (a finite K gives finite
+        # weights: every division has eps added): then the step keeps the state, as a whole.
+        self.targets = torch.where(weights[0].isnan(), previous, targets)
         return weights
 
     def state_dict(self) -> dict:

@@ -1,5 +1,6 @@
-"""Gram-space methods that pick a common direction by a small problem on K, solved on the
-device with a fixed iteration budget (no host round-trip).
+"""Gram-space methods that pick a common direction by a small problem on K, solved on K's device
+with no host round-trip: by one compiled op (csrc/include/fastmtl/*_math.h) on the extension's
+path, by torch ops (the reference, impl="torch") otherwise.
 
 * MGDA (Désidéri 2012; Sener & Koltun 2018, Alg. 2): the minimum-norm point of the convex hull
   of the task gradients, by Frank-Wolfe on K. Scale: a convex combination (weights sum to 1),
