@@ -30,6 +30,7 @@ import torch
 
 from fastmtl import functional, methods
 from fastmtl._numerics import cosine_from_gram
+from fastmtl.engine.distributed import REDUCTIONS
 from fastmtl.methods import _options
 from fastmtl.engine import (
     FeatureGradients,
@@ -71,7 +72,12 @@ class MTLOptimizer(torch.optim.Optimizer):
     pass per group instead of T (the heads still get their plain gradients).
     ``diagnostics=True`` keeps ``last_diagnostics`` after each full backward: task weights,
     cosine matrix, number of conflicting pairs (a list, one per group, with several groups).
-    ``process_group``: average over these processes (see the module docstring). At construction
+    ``process_group``: average over these processes (see the module docstring; a
+    DistributedDataParallel model stands for its process group, and its forward must then run
+    under ``model.no_sync()``: DDP's own reducer supports one backward per forward), with ``reduce``
+    "full" (all-reduce each task's rows) or "sharded" (reduce-scatter them, all-reduce the T × T
+    Gram matrix, combine this rank's columns, all-gather the update: fewer bytes for T > 1, and
+    each rank's passes over G read P / N columns; ``engine/distributed.py``). At construction
     the optimizer's parameters take rank 0's values, and a method that draws random numbers
     without a generator of its own (PCGrad's order, GradDrop's masks) gets the optimizer's
     ``generator``, seeded from rank 0 and saved in ``state_dict``; a generator of the method's
@@ -84,7 +90,7 @@ class MTLOptimizer(torch.optim.Optimizer):
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, method="pcgrad", shared=None, *, every: int = 1,
-                 diagnostics: bool = False, process_group=_ALONE, **options):
+                 diagnostics: bool = False, process_group=_ALONE, reduce: str = "full", **options):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if shared is None:
@@ -97,7 +103,17 @@ class MTLOptimizer(torch.optim.Optimizer):
         self.method = methods.create(method, **options)  # the default method of every group
         # Not None as the default: torch.distributed.group.WORLD is None until the default process
         # group is initialised, and passing it then must raise, not train alone silently.
-        self.processes = None if process_group is _ALONE else ProcessAverage(process_group)
+        if reduce not in REDUCTIONS:
+            raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+        if process_group is _ALONE and reduce != "full":
+            raise ValueError(f"reduce={reduce!r} applies across processes: give process_group too")
+        self._ddp = None  # a DistributedDataParallel model given as process_group: its forward is checked
+        if isinstance(process_group, torch.nn.parallel.DistributedDataParallel):
+            if process_group.static_graph:
+                raise ValueError("a DistributedDataParallel model with static_graph=True cannot serve several "
+                                 "backward passes per forward (pytorch/pytorch#143580): wrap it without static_graph")
+            self._ddp, process_group = process_group, process_group.process_group
+        self.processes = None if process_group is _ALONE else ProcessAverage(process_group, reduce)
         self.generator: torch.Generator | None = None  # the methods' random numbers, with a process group
         self.groups: list[SharedGroup] = []
         for spec in _group_specs(shared):
@@ -154,6 +170,10 @@ class MTLOptimizer(torch.optim.Optimizer):
         self._same_random_numbers(group_method, params[0].device)
         self.groups.append(group)
         return group
+
+    def _columns_multiple(self) -> int:
+        """What the group buffers' width is padded to: the number of shards of the sharded reduction."""
+        return self.processes.size if self.processes is not None and self.processes.reduce == "sharded" else 1
 
     def _same_random_numbers(self, method: methods.Method, device: torch.device) -> None:
         """With a process group, every rank must draw the same random numbers: a method without a
@@ -329,6 +349,10 @@ class MTLOptimizer(torch.optim.Optimizer):
         ``scaler``: a GradScaler to scale the (unscaled) losses with; see the module docstring."""
         features, self._features = self._features, None  # feature mode is for this call only, even if it fails
         losses = check_losses(losses)
+        if self._ddp is not None and self._ddp.require_forward_param_sync:
+            raise ValueError("the DistributedDataParallel model's forward ran with its gradient sync armed, which "
+                             "allows one backward pass; run the forward (and this backward) inside "
+                             "`with model.no_sync():`: MTLOptimizer averages the gradients itself")
         if features is not None and self.processes is not None:
             raise ValueError("feature mode (features()) is not supported with a process group yet: the feature "
                              "gradients of different ranks belong to different samples")
@@ -349,7 +373,7 @@ class MTLOptimizer(torch.optim.Optimizer):
                       else FeatureGradients(self.groups[0], *features))
             combined = {}
             for matrix in source.collect(losses):                                # collect
-                direction = combine_group(matrix, scale, mode, self.diagnostics)  # weight, combine
+                direction = combine_group(matrix, scale, mode, self.diagnostics, self.processes)  # weight, combine
                 source.write(matrix, direction)                                   # write
                 combined[id(matrix.group)] = direction
         self.last_diagnostics = self._diagnostics()
@@ -400,7 +424,7 @@ class MTLOptimizer(torch.optim.Optimizer):
             rows = group.task_indices(len(losses))
             weighted = sum(w.to(losses[t].dtype) * losses[t].reshape(()) for w, t in zip(group.weights, rows))
             grads = torch.autograd.grad(weighted, params, retain_graph=True, allow_unused=True)
-            group.ensure_buffers(len(rows), params)
+            group.ensure_buffers(len(rows), params, self._columns_multiple())
             flat_grads(params, grads, out=group.combined)
             point_grads_at(params, group.combined)
             combined[id(group)] = group.combined
@@ -484,26 +508,36 @@ def _group_specs(shared) -> list[dict]:
 
 
 def combine_group(matrix: TaskMatrix, scale: torch.Tensor | None = None, mode: str = "parameters",
-                  diagnostics: bool = False) -> torch.Tensor:
+                  diagnostics: bool = False, processes: ProcessAverage | None = None) -> torch.Tensor:
     """Weight and combine one group's G with its method: into the group's buffer at the
     parameter level. Gram-space methods cache their weights on the group (every=k reuses them);
-    ``scale`` (a GradScaler's) unscales K for a method that is not scale-linear (Nash-MTL)."""
+    ``scale`` (a GradScaler's) unscales K for a method that is not scale-linear (Nash-MTL).
+    A sharded G (``matrix.column_offset``, the sharded reduction over ``processes``) holds this
+    rank's columns: its Gram matrix is summed over the ranks (in float64) before the weights, and
+    the ranks' combined columns are gathered into the group's buffer."""
     group, G, method = matrix.group, matrix.G, matrix.group.method
+    sharded = matrix.column_offset is not None
     out = group.combined if matrix.params else None
     K = None
     if method.family == "gram" and method.needs_gram:
         K = method.gram(G)
     elif diagnostics:
         K = functional.gram_for_weights(G, impl=getattr(method, "impl", "auto"))
+    if sharded and K is not None:
+        K = processes.sum_(K.double())  # G Gᵀ is the sum of the column shards' Gram matrices
     if method.family == "gram":
         K_for_weights = method.gram(G) if K is None else K
         if scale is not None and not method.scale_linear:
             K_for_weights = K_for_weights / scale.to(K_for_weights.dtype) ** 2  # the unscaled gradients' weights
         group.weights, group.weights_mode = method.weights(K_for_weights), mode
-        direction = functional.combine(G, group.weights, out=out, impl=method.impl)
+        direction = functional.combine(G, group.weights, out=None if sharded else out, impl=method.impl)
+    elif sharded:
+        direction = method(G, signs=matrix.signs, batch=matrix.batch, column_offset=matrix.column_offset)
     else:
         direction = method(G, signs=matrix.signs, batch=matrix.batch)
         direction = direction if out is None else out.copy_(direction)
+    if sharded:
+        direction = processes.gather(direction, out)
     if diagnostics:
         group.diagnostics = diagnostics_of(K, group.weights if method.family == "gram" else None)
     return direction

@@ -27,6 +27,11 @@ CASES = {
     "every2-pcgrad": {"method": "pcgrad", "every": 2},
     "every2-mgda": {"method": "mgda", "every": 2},
     "two-groups": {"groups": True},
+    # The sharded reduction (P = 101 shared parameters: not a multiple of 2 or 3).
+    **{f"sharded-{method}": {"method": method, "reduce": "sharded"} for method in
+       ("pcgrad", "mgda", "nash_mtl", "upgrad", "graddrop")},
+    "sharded-two-groups": {"groups": True, "reduce": "sharded"},
+    "sharded-every2-mgda": {"method": "mgda", "every": 2, "reduce": "sharded"},
 }
 
 
@@ -53,6 +58,8 @@ def optimizer(net, options: dict, process_group=None) -> fastmtl.MTLOptimizer:
     options = dict(options)
     if process_group is not None:
         options["process_group"] = process_group
+    else:
+        options.pop("reduce", None)  # the single-process reference
     base = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     if options.pop("groups", False):  # the first layer shared by all, the second by tasks 0 and 2 only
         shared = [{"params": net["encoder"][0].parameters(), "method": "pcgrad"},
@@ -100,6 +107,39 @@ def run_case(options: dict) -> dict:
     return {"error": float((mine - expected).abs().max() / expected.abs().max()), "same": same_on_every_rank(mine)}
 
 
+class Whole(torch.nn.Module):
+    """The model as one module (DDP wraps a module with a forward): the heads' outputs."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        z = self.net["encoder"](x)
+        return [head(z).squeeze(1) for head in self.net["heads"]]
+
+
+def run_ddp(reduce: str) -> dict:
+    """A DistributedDataParallel model as the process group, forward under no_sync()."""
+    rank, size = dist.get_rank(), dist.get_world_size()
+    x, y = batch()
+    shard = slice(rank * BATCH // size, (rank + 1) * BATCH // size)
+    net = model()
+    ddp = torch.nn.parallel.DistributedDataParallel(Whole(net))
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9), "mgda",
+                               shared=net["encoder"].parameters(), process_group=ddp, reduce=reduce)
+    for _ in range(STEPS):
+        opt.zero_grad()
+        with ddp.no_sync():
+            outputs = ddp(x[shard])
+            opt.backward([(out - y[shard, t]).pow(2).mean() for t, out in enumerate(outputs)])
+        opt.step()
+    reference = model()
+    train(reference, optimizer(reference, {"method": "mgda"}), x, y, STEPS)
+    mine, expected = flat_parameters(net), flat_parameters(reference)
+    return {"error": float((mine - expected).abs().max() / expected.abs().max()), "same": same_on_every_rank(mine)}
+
+
 def run_resume() -> dict:
     """Two steps, a state_dict saved and loaded into a fresh model and optimizer, one more step:
     the same parameters as three steps in one go (PCGrad with the optimizer's generator)."""
@@ -142,6 +182,19 @@ def run_errors() -> dict:
         optimizer(net, {"method": "cosreg"}, dist.group.WORLD)
     except ValueError as error:
         raised["loss-side method"] = "not supported with a process group" in str(error)
+    ddp = torch.nn.parallel.DistributedDataParallel(Whole(net))
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "pcgrad", shared=net["encoder"].parameters(),
+                               process_group=ddp)
+    try:  # the forward outside no_sync(): DDP's reducer is armed for one backward
+        opt.backward([(out - y[:, t]).pow(2).mean() for t, out in enumerate(ddp(x))])
+    except ValueError as error:
+        raised["ddp sync armed"] = "no_sync" in str(error)
+    static = torch.nn.parallel.DistributedDataParallel(Whole(model()), static_graph=True)
+    try:
+        fastmtl.MTLOptimizer(torch.optim.SGD(static.parameters(), lr=0.1), "pcgrad",
+                             shared=static.module.net["encoder"].parameters(), process_group=static)
+    except ValueError as error:
+        raised["ddp static graph"] = "static_graph" in str(error)
     return {"raised": raised}
 
 
@@ -152,6 +205,7 @@ def worker(rank: int, size: int, store_path: str, results_path: str) -> None:
     dist.init_process_group("gloo", store=store, rank=rank, world_size=size, timeout=datetime.timedelta(seconds=60))
     results = {}
     jobs = {**{name: (lambda options=options: run_case(options)) for name, options in CASES.items()},
+            "ddp-full": lambda: run_ddp("full"), "ddp-sharded": lambda: run_ddp("sharded"),
             "resume": run_resume, "errors": run_errors}
     for name, job in jobs.items():
         try:

@@ -61,7 +61,7 @@ def outcome(results, name):
     return result
 
 
-@pytest.mark.parametrize("name", list(distributed_cases.CASES) + ["resume"])
+@pytest.mark.parametrize("name", list(distributed_cases.CASES) + ["ddp-full", "ddp-sharded", "resume"])
 def test_equals_one_process_and_ranks_agree(results, name):
     result = outcome(results, name)
     assert result["same"], "the ranks' parameters differ"
@@ -73,7 +73,16 @@ def test_equals_one_process_and_ranks_agree(results, name):
 
 def test_errors_raise_on_every_rank(results):
     raised = outcome(results, "errors")["raised"]
-    assert raised == {"different generators": True, "feature mode": True, "loss-side method": True}, raised
+    assert raised == {"different generators": True, "feature mode": True, "loss-side method": True,
+                      "ddp sync armed": True, "ddp static graph": True}, raised
+
+
+def test_reduce_needs_a_process_group_and_a_known_name():
+    net = torch.nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="give process_group too"):
+        fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), shared=net.parameters(), reduce="sharded")
+    with pytest.raises(ValueError, match="reduce must be one of"):
+        fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), shared=net.parameters(), reduce="scatter")
 
 
 def test_process_group_needs_an_initialised_default_group():

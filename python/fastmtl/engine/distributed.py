@@ -9,8 +9,16 @@ writes the same update (bit for bit: the same kernels on the same numbers). The 
 gradients are averaged too. Each task's rows are all-reduced as soon as its backward pass ends,
 asynchronously, so the communication overlaps the next task's pass.
 
-Ring all-reduce volume per rank and step: 2(N-1)/N · T · P for the shared parameters (plain DDP
-sends 2(N-1)/N · P): the price of exact per-task surgery.
+Two reductions (``reduce``):
+
+* "full": each row is all-reduced, every rank then weights and combines the whole G. Ring volume
+  per rank and step: 2(N-1)/N · T · P for the shared parameters (plain DDP: 2(N-1)/N · P).
+* "sharded": each row is reduce-scattered, so rank r holds columns [r·C, (r+1)·C) of the averaged
+  G (C = ceil(P / N); the last shard is zero-padded); K is the sum of the ranks' local Gram
+  matrices (a T × T all-reduce), the weights are computed from it on every rank, each rank
+  combines its columns, and an all-gather assembles the update: (N-1)/N · (T+1) · P per rank,
+  and each rank's Gram and combine passes read P / N columns instead of P. Element-wise methods
+  (GradDrop) work on the shard with its column offset, so they draw the unsharded masks.
 """
 
 from __future__ import annotations
@@ -21,11 +29,17 @@ import torch
 import torch.distributed as dist
 
 
+REDUCTIONS = ("full", "sharded")
+
+
 class ProcessAverage:
     """Averages tensors over the processes of ``process_group`` (a ProcessGroup, or
-    ``torch.distributed.group.WORLD``); the default process group must be initialised."""
+    ``torch.distributed.group.WORLD``); the default process group must be initialised.
+    ``reduce``: "full" or "sharded" (module docstring)."""
 
-    def __init__(self, process_group):
+    def __init__(self, process_group, reduce: str = "full"):
+        if reduce not in REDUCTIONS:
+            raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("process_group: torch.distributed is not initialised (call "
                                "torch.distributed.init_process_group first, e.g. under torchrun; until then "
@@ -33,8 +47,9 @@ class ProcessAverage:
         if process_group is None or isinstance(process_group, (str, int)):
             raise TypeError("process_group must be a torch.distributed ProcessGroup (or "
                             f"torch.distributed.group.WORLD), got {process_group!r}")
-        self.group = process_group
+        self.group, self.reduce = process_group, reduce
         self.size = dist.get_world_size(process_group)
+        self.rank = dist.get_rank(process_group)
         self.source = dist.get_global_rank(process_group, 0)  # the global rank of the group's rank 0
         self._pending: list = []  # (work, tensor) of asynchronous all-reduces not yet waited for
 
@@ -59,6 +74,21 @@ class ProcessAverage:
         pending, self._pending = self._pending, []
         for work, _ in pending:
             work.wait()
+
+    def start_scatter(self, row: torch.Tensor, shard: torch.Tensor) -> None:
+        """Starts summing the padded ``row`` [N · C] over the processes into this rank's ``shard``
+        [C] (columns rank · C ...); ``finish`` divides it by N."""
+        self._pending.append((dist.reduce_scatter_tensor(shard, row, group=self.group, async_op=True), shard))
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(tensor, group=self.group)
+        return tensor
+
+    def gather(self, shard: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The ranks' shards [C] laid end to end, cut to ``out``'s length and written there."""
+        whole = shard.new_empty(shard.numel() * self.size)
+        dist.all_gather_into_tensor(whole, shard.contiguous(), group=self.group)
+        return out.copy_(whole[:out.numel()])
 
     def average_(self, tensors) -> None:
         for tensor in tensors:

@@ -54,20 +54,24 @@ class SharedGroup:
         """The parameters that train now (a frozen one keeps its .grad as it is)."""
         return [p for p in self.params if p.requires_grad]
 
-    def ensure_buffers(self, tasks: int, params: list[torch.nn.Parameter]) -> None:
-        """[tasks, P] and [P] buffers for these trainable parameters (reused while they stay the same)."""
-        layout = (tasks, tuple(id(p) for p in params))
+    def ensure_buffers(self, tasks: int, params: list[torch.nn.Parameter], multiple: int = 1) -> None:
+        """[tasks, P'] and [P] buffers for these trainable parameters (reused while they stay the
+        same); P' is P rounded up to a multiple of ``multiple`` (the sharded reduction splits
+        each row into that many equal chunks; the padding stays zero)."""
+        layout = (tasks, tuple(id(p) for p in params), multiple)
         if layout != self._layout:
             size = sum(p.numel() for p in params)
             first = params[0]
-            self.buffer = torch.empty(tasks, size, device=first.device, dtype=first.dtype)
+            padded = -(-size // multiple) * multiple
+            self.buffer = torch.empty(tasks, padded, device=first.device, dtype=first.dtype)
             self.combined = torch.empty(size, device=first.device, dtype=first.dtype)
             self._layout = layout
 
-    def rows(self, tasks: int, params: list[torch.nn.Parameter]) -> torch.Tensor:
-        """The zeroed [tasks, P] buffer of per-task gradients."""
-        self.ensure_buffers(tasks, params)
-        return self.buffer.zero_()  # a task whose loss skips a parameter contributes zeros there
+    def rows(self, tasks: int, params: list[torch.nn.Parameter], multiple: int = 1) -> torch.Tensor:
+        """The zeroed [tasks, P] per-task gradients (a view of the [tasks, P'] buffer)."""
+        self.ensure_buffers(tasks, params, multiple)
+        self.buffer.zero_()  # a task whose loss skips a parameter contributes zeros there
+        return self.buffer[:, :self.combined.numel()]
 
     def __repr__(self) -> str:
         tasks = "all" if self.tasks is None else list(self.tasks)

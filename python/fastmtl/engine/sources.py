@@ -25,6 +25,7 @@ class TaskMatrix:
     G: torch.Tensor  # [tasks of the group, P]
     signs: torch.Tensor | None = None  # feature level: the activation, for element-wise methods
     batch: int | None = None  # feature level: the batch size (G's columns are batch-major)
+    column_offset: int | None = None  # sharded reduction: G holds the columns from here on (this rank's shard)
 
 
 class ParameterGradients:
@@ -41,19 +42,27 @@ class ParameterGradients:
 
     def collect(self, losses: list[torch.Tensor]) -> list[TaskMatrix]:
         T = len(losses)
-        matrices = []
+        sharded = self.average is not None and self.average.reduce == "sharded"
+        matrices, full_rows = [], []
         for group in self.groups:
             params = group.trainable()
             if params:  # a group frozen as a whole takes no part
-                tasks = group.task_indices(T)
-                matrices.append(TaskMatrix(group, params, group.rows(len(tasks), params)))
+                tasks = len(group.task_indices(T))
+                rows = group.rows(tasks, params, self.average.size if sharded else 1)
+                full_rows.append(rows)
+                if sharded:  # this rank's columns of the averaged rows, filled by reduce-scatter
+                    width = group.buffer.shape[1] // self.average.size
+                    shard = rows.new_empty(tasks, width)
+                    matrices.append(TaskMatrix(group, params, shard, column_offset=self.average.rank * width))
+                else:
+                    matrices.append(TaskMatrix(group, params, rows))
         row_of = [{t: r for r, t in enumerate(m.group.task_indices(T))} for m in matrices]
         try:
             for t, loss in enumerate(losses):
                 inputs = [] if self.heads is None else list(self.heads)
-                for matrix, rows in zip(matrices, row_of):
+                for matrix, full, rows in zip(matrices, full_rows, row_of):
                     if t in rows:  # a group that task t does not share never sees its gradient
-                        point_grads_at(matrix.params, matrix.G[rows[t]])
+                        point_grads_at(matrix.params, full[rows[t]])
                         inputs += matrix.params
                 retain = t < T - 1
                 if self.heads is None:
@@ -62,7 +71,11 @@ class ParameterGradients:
                     loss.backward(retain_graph=retain, inputs=inputs)
                 if self.average is not None:  # task t's rows are complete: overlap their sum with the next pass
                     for matrix, rows in zip(matrices, row_of):
-                        if t in rows:
+                        if t not in rows:
+                            continue
+                        if sharded:
+                            self.average.start_scatter(matrix.group.buffer[rows[t]], matrix.G[rows[t]])
+                        else:
                             self.average.start(matrix.G[rows[t]])
         except BaseException:
             if self.average is not None:
