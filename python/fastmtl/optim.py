@@ -353,9 +353,9 @@ class MTLOptimizer(torch.optim.Optimizer):
             raise ValueError("the DistributedDataParallel model's forward ran with its gradient sync armed, which "
                              "allows one backward pass; run the forward (and this backward) inside "
                              "`with model.no_sync():`: MTLOptimizer averages the gradients itself")
-        if features is not None and self.processes is not None:
-            raise ValueError("feature mode (features()) is not supported with a process group yet: the feature "
-                             "gradients of different ranks belong to different samples")
+        if features is not None and self.processes is not None and self.groups[0].method.family != "gram":
+            raise ValueError(f"feature mode with a process group needs a Gram-space method: {self.method.name} works "
+                             "on the feature gradients coordinate by coordinate, and the ranks hold different samples")
         if self.method.family == "loss":
             return self._backward_loss(losses, scaler)
         scale = None
@@ -370,7 +370,7 @@ class MTLOptimizer(torch.optim.Optimizer):
             if features is None and self._reuse_weights(len(losses)):
                 return self._backward_weighted(losses, heads)
             source = (ParameterGradients(self.groups, heads, self.processes) if features is None
-                      else FeatureGradients(self.groups[0], *features))
+                      else FeatureGradients(self.groups[0], *features, heads, self.processes))
             combined = {}
             for matrix in source.collect(losses):                                # collect
                 direction = combine_group(matrix, scale, mode, self.diagnostics, self.processes)  # weight, combine
@@ -512,31 +512,32 @@ def combine_group(matrix: TaskMatrix, scale: torch.Tensor | None = None, mode: s
     """Weight and combine one group's G with its method: into the group's buffer at the
     parameter level. Gram-space methods cache their weights on the group (every=k reuses them);
     ``scale`` (a GradScaler's) unscales K for a method that is not scale-linear (Nash-MTL).
-    A sharded G (``matrix.column_offset``, the sharded reduction over ``processes``) holds this
-    rank's columns: its Gram matrix is summed over the ranks (in float64) before the weights, and
-    the ranks' combined columns are gathered into the group's buffer."""
+    A partial G (``matrix.partial``: the sharded reduction over ``processes``, or a rank's
+    feature gradients) holds this rank's columns of the whole G: its Gram matrix is summed over the
+    ranks (in float64) before the weights, and, at the parameter level, the ranks' combined
+    columns are gathered into the group's buffer."""
     group, G, method = matrix.group, matrix.G, matrix.group.method
-    sharded = matrix.column_offset is not None
+    partial = matrix.partial
     out = group.combined if matrix.params else None
     K = None
     if method.family == "gram" and method.needs_gram:
         K = method.gram(G)
     elif diagnostics:
         K = functional.gram_for_weights(G, impl=getattr(method, "impl", "auto"))
-    if sharded and K is not None:
+    if partial and K is not None:
         K = processes.sum_(K.double())  # G Gᵀ is the sum of the column shards' Gram matrices
     if method.family == "gram":
         K_for_weights = method.gram(G) if K is None else K
         if scale is not None and not method.scale_linear:
             K_for_weights = K_for_weights / scale.to(K_for_weights.dtype) ** 2  # the unscaled gradients' weights
         group.weights, group.weights_mode = method.weights(K_for_weights), mode
-        direction = functional.combine(G, group.weights, out=None if sharded else out, impl=method.impl)
-    elif sharded:
+        direction = functional.combine(G, group.weights, out=None if partial else out, impl=method.impl)
+    elif partial:
         direction = method(G, signs=matrix.signs, batch=matrix.batch, column_offset=matrix.column_offset)
     else:
         direction = method(G, signs=matrix.signs, batch=matrix.batch)
         direction = direction if out is None else out.copy_(direction)
-    if sharded:
+    if partial and out is not None:  # parameter level; at the feature level each rank keeps its samples' part
         direction = processes.gather(direction, out)
     if diagnostics:
         group.diagnostics = diagnostics_of(K, group.weights if method.family == "gram" else None)

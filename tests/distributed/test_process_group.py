@@ -61,7 +61,10 @@ def outcome(results, name):
     return result
 
 
-@pytest.mark.parametrize("name", list(distributed_cases.CASES) + ["ddp-full", "ddp-sharded", "resume"])
+FEATURE_CASES = [f"features-{method}" for method in ("pcgrad", "mgda", "nash_mtl", "upgrad")]
+
+
+@pytest.mark.parametrize("name", list(distributed_cases.CASES) + ["ddp-full", "ddp-sharded", *FEATURE_CASES, "resume"])
 def test_equals_one_process_and_ranks_agree(results, name):
     result = outcome(results, name)
     assert result["same"], "the ranks' parameters differ"
@@ -73,7 +76,7 @@ def test_equals_one_process_and_ranks_agree(results, name):
 
 def test_errors_raise_on_every_rank(results):
     raised = outcome(results, "errors")["raised"]
-    assert raised == {"different generators": True, "feature mode": True, "loss-side method": True,
+    assert raised == {"different generators": True, "element-wise feature mode": True, "loss-side method": True,
                       "ddp sync armed": True, "ddp static graph": True}, raised
 
 

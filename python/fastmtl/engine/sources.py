@@ -25,7 +25,8 @@ class TaskMatrix:
     G: torch.Tensor  # [tasks of the group, P]
     signs: torch.Tensor | None = None  # feature level: the activation, for element-wise methods
     batch: int | None = None  # feature level: the batch size (G's columns are batch-major)
-    column_offset: int | None = None  # sharded reduction: G holds the columns from here on (this rank's shard)
+    partial: bool = False  # G holds this rank's columns of the whole G (its Gram matrix is summed over the ranks)
+    column_offset: int | None = None  # the sharded reduction: the first of those columns
 
 
 class ParameterGradients:
@@ -53,7 +54,8 @@ class ParameterGradients:
                 if sharded:  # this rank's columns of the averaged rows, filled by reduce-scatter
                     width = group.buffer.shape[1] // self.average.size
                     shard = rows.new_empty(tasks, width)
-                    matrices.append(TaskMatrix(group, params, shard, column_offset=self.average.rank * width))
+                    matrices.append(TaskMatrix(group, params, shard, partial=True,
+                                               column_offset=self.average.rank * width))
                 else:
                     matrices.append(TaskMatrix(group, params, rows))
         row_of = [{t: r for r, t in enumerate(m.group.task_indices(T))} for m in matrices]
@@ -94,10 +96,19 @@ class ParameterGradients:
 
 class FeatureGradients:
     """Per-task gradients of the representation z handed to ``MTLOptimizer.features``: the
-    heads run on ``leaf`` (z detached), so each task's pass stops there."""
+    heads run on ``leaf`` (z detached), so each task's pass stops there.
 
-    def __init__(self, group: SharedGroup, representation: torch.Tensor, leaf: torch.Tensor):
+    With ``average`` (processes, each with its shard of the batch and mean losses): the whole
+    batch's feature-gradient matrix is the ranks' matrices side by side, each divided by N (a
+    rank's mean loss weighs its samples N times more than the whole batch's). So this rank's G is
+    divided by N and marked as its columns of the whole G (``partial``: its Gram matrix is
+    summed over the ranks before the weights); the encoder gradient its combined gradient yields is
+    then summed over the ranks, and the heads' gradients averaged."""
+
+    def __init__(self, group: SharedGroup, representation: torch.Tensor, leaf: torch.Tensor,
+                 heads: list[torch.nn.Parameter] | None = None, average: ProcessAverage | None = None):
         self.group, self.representation, self.leaf = group, representation, leaf
+        self.heads, self.average = heads or [], average
 
     def collect(self, losses: list[torch.Tensor]) -> list[TaskMatrix]:
         T, leaf = len(losses), self.leaf
@@ -118,10 +129,18 @@ class FeatureGradients:
                              "not with z itself (else the per-task gradients never reach the representation)")
         z = self.representation
         signs = z.detach().reshape(-1).to(leaf.dtype)
-        return [TaskMatrix(self.group, [], G, signs=signs, batch=z.shape[0] if z.dim() > 1 else 1)]
+        if self.average is not None:
+            G.div_(self.average.size)
+            self.average.average_([p.grad for p in self.heads if p.grad is not None])
+        return [TaskMatrix(self.group, [], G, signs=signs, batch=z.shape[0] if z.dim() > 1 else 1,
+                           partial=self.average is not None)]
 
     def write(self, matrix: TaskMatrix, combined: torch.Tensor) -> None:
         self.representation.backward(combined.view_as(self.representation).to(self.representation.dtype))
+        if self.average is not None:  # each rank back-propagated its samples' share: the sum is the whole batch's
+            for p in self.group.trainable():
+                if p.grad is not None:
+                    self.average.sum_(p.grad)
 
 
 def _reads_z_itself(grad):
