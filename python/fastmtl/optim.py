@@ -34,6 +34,7 @@ from fastmtl.engine.distributed import REDUCTIONS
 from fastmtl.methods import _options
 from fastmtl.engine import (
     FeatureGradients,
+    FsdpGradients,
     ProcessAverage,
     ParameterGradients,
     SharedGroup,
@@ -43,6 +44,7 @@ from fastmtl.engine import (
     flat_grads,
     point_grads_at,
     shared_parameter_list,
+    sharded_by_fsdp,
     task_list,
 )
 
@@ -118,8 +120,9 @@ class MTLOptimizer(torch.optim.Optimizer):
         self.groups: list[SharedGroup] = []
         for spec in _group_specs(shared):
             self._add_group(spec)
-        if self.processes is not None:
-            self.processes.broadcast_([p.detach() for group in optimizer.param_groups for p in group["params"]])
+        if self.processes is not None:  # FSDP2's shards are the user's to initialise alike (as FSDP2 requires)
+            self.processes.broadcast_([p.detach() for group in optimizer.param_groups for p in group["params"]
+                                       if not sharded_by_fsdp([p])])
         self._step = 0
         self.last_diagnostics: dict | list | None = None
         self._features: tuple[torch.Tensor, torch.Tensor] | None = None  # (z, its detached leaf), set by features()
@@ -369,8 +372,7 @@ class MTLOptimizer(torch.optim.Optimizer):
         with all_or_nothing(self._shared_params(), heads), self._method_states_kept_on_error():
             if features is None and self._reuse_weights(len(losses)):
                 return self._backward_weighted(losses, heads)
-            source = (ParameterGradients(self.groups, heads, self.processes) if features is None
-                      else FeatureGradients(self.groups[0], *features, heads, self.processes))
+            source = self._source(features, heads)
             combined = {}
             for matrix in source.collect(losses):                                # collect
                 direction = combine_group(matrix, scale, mode, self.diagnostics, self.processes)  # weight, combine
@@ -378,6 +380,19 @@ class MTLOptimizer(torch.optim.Optimizer):
                 combined[id(matrix.group)] = direction
         self.last_diagnostics = self._diagnostics()
         return self._per_group(combined)
+
+    def _source(self, features, heads):
+        """Where this backward's per-task gradients come from (engine/sources.py)."""
+        if features is not None:
+            return FeatureGradients(self.groups[0], *features, heads, self.processes)
+        if sharded_by_fsdp(self._shared_params()):
+            if self.processes is None or len(self.groups) != 1 or self.groups[0].tasks is not None \
+                    or self.groups[0].method.family != "gram" or self.every != 1:
+                raise ValueError("shared parameters sharded by FSDP2 (fully_shard) need process_group=..., one shared "
+                                 "group used by every task, a Gram-space method and every=1 (the local shards are not "
+                                 "contiguous columns of G, and the every=k steps' single pass is not wired for DTensors)")
+            return FsdpGradients(self.groups[0], heads, self.processes)
+        return ParameterGradients(self.groups, heads, self.processes)
 
     def _per_group(self, combined: dict):
         if len(self.groups) == 1:

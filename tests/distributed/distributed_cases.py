@@ -162,6 +162,26 @@ def run_features(method: str) -> dict:
     return {"error": float((mine - expected).abs().max() / expected.abs().max()), "same": same_on_every_rank(mine)}
 
 
+def run_fsdp(method: str) -> dict:
+    """The encoder sharded by FSDP2 (fully_shard), plain heads."""
+    from torch.distributed.fsdp import fully_shard
+
+    rank, size = dist.get_rank(), dist.get_world_size()
+    x, y = batch()
+    shard = slice(rank * BATCH // size, (rank + 1) * BATCH // size)
+    options = {"method": method, "shuffle": False} if method == "pcgrad" else {"method": method}  # one order
+    net = model()
+    fully_shard(net["encoder"])
+    opt = optimizer(net, options, dist.group.WORLD)
+    train(net, opt, x[shard], y[shard], STEPS)
+    reference = model()
+    train(reference, optimizer(reference, options), x, y, STEPS)
+    with torch.no_grad():
+        mine = torch.cat([(p.full_tensor() if hasattr(p, "full_tensor") else p).reshape(-1) for p in net.parameters()])
+    expected = flat_parameters(reference)
+    return {"error": float((mine - expected).abs().max() / expected.abs().max()), "same": same_on_every_rank(mine)}
+
+
 def run_resume() -> dict:
     """Two steps, a state_dict saved and loaded into a fresh model and optimizer, one more step:
     the same parameters as three steps in one go (PCGrad with the optimizer's generator)."""
@@ -228,6 +248,7 @@ def worker(rank: int, size: int, store_path: str, results_path: str) -> None:
     results = {}
     jobs = {**{name: (lambda options=options: run_case(options)) for name, options in CASES.items()},
             "ddp-full": lambda: run_ddp("full"), "ddp-sharded": lambda: run_ddp("sharded"),
+            "fsdp-pcgrad": lambda: run_fsdp("pcgrad"), "fsdp-mgda": lambda: run_fsdp("mgda"),
             **{f"features-{method}": (lambda method=method: run_features(method))
                for method in ("pcgrad", "mgda", "nash_mtl", "upgrad")},
             "resume": run_resume, "errors": run_errors}

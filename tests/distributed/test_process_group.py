@@ -64,7 +64,8 @@ def outcome(results, name):
 FEATURE_CASES = [f"features-{method}" for method in ("pcgrad", "mgda", "nash_mtl", "upgrad")]
 
 
-@pytest.mark.parametrize("name", list(distributed_cases.CASES) + ["ddp-full", "ddp-sharded", *FEATURE_CASES, "resume"])
+@pytest.mark.parametrize("name", list(distributed_cases.CASES) + ["ddp-full", "ddp-sharded", *FEATURE_CASES,
+                                                                   "fsdp-pcgrad", "fsdp-mgda", "resume"])
 def test_equals_one_process_and_ranks_agree(results, name):
     result = outcome(results, name)
     assert result["same"], "the ranks' parameters differ"

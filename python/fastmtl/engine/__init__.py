@@ -7,7 +7,8 @@ from fastmtl.engine.checks import check_losses, shared_parameter_list
 from fastmtl.engine.distributed import ProcessAverage
 from fastmtl.engine.groups import SharedGroup, flat_grads, point_grads_at, task_list
 from fastmtl.engine.snapshot import all_or_nothing
-from fastmtl.engine.sources import FeatureGradients, ParameterGradients, TaskMatrix
+from fastmtl.engine.sources import FeatureGradients, FsdpGradients, ParameterGradients, TaskMatrix, sharded_by_fsdp
 
-__all__ = ["FeatureGradients", "ParameterGradients", "ProcessAverage", "SharedGroup", "TaskMatrix", "all_or_nothing", "check_losses",
-           "flat_grads", "point_grads_at", "shared_parameter_list", "task_list"]
+__all__ = ["FeatureGradients", "FsdpGradients", "ParameterGradients", "ProcessAverage", "SharedGroup", "TaskMatrix",
+           "all_or_nothing", "check_losses", "flat_grads", "point_grads_at", "shared_parameter_list", "sharded_by_fsdp",
+           "task_list"]

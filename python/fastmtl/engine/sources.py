@@ -94,6 +94,57 @@ class ParameterGradients:
         point_grads_at(matrix.params, combined)
 
 
+class FsdpGradients:
+    """Per-task gradients of shared parameters sharded by FSDP2 (``fully_shard``: DTensor
+    parameters). Each task's plain backward pass lets FSDP2 reduce-scatter (and average) its
+    gradient into every rank's shard of each parameter; the engine copies the local shards into a
+    row of this rank's G [T, P_local] (the zero-copy row views do not apply to DTensor gradients)
+    and clears them for the next pass. G holds this rank's columns of the whole G (``partial``:
+    its Gram matrix is summed over the ranks); the combined gradient's local part is written back
+    as each parameter's DTensor gradient. The heads get the sum of the tasks' gradients (FSDP2
+    averages the ones it shards; plain ones are averaged over ``average``)."""
+
+    def __init__(self, group: SharedGroup, heads: list[torch.nn.Parameter], average: ProcessAverage):
+        self.group, self.heads, self.average = group, heads, average
+
+    def collect(self, losses: list[torch.Tensor]) -> list[TaskMatrix]:
+        params = self.group.trainable()
+        if not params:
+            return []
+        sizes = [p.to_local().numel() for p in params]
+        G = torch.zeros(len(losses), sum(sizes), dtype=params[0].dtype, device=params[0].to_local().device)
+        for t, loss in enumerate(losses):
+            for p in params:
+                p.grad = None
+            # A plain backward: FSDP2's hooks do not run for backward(inputs=...).
+            loss.backward(retain_graph=t < len(losses) - 1)
+            for p, row in zip(params, G[t].split(sizes)):
+                if p.grad is not None:  # None: the task does not reach it (zeros)
+                    row.copy_(p.grad.to_local().reshape(-1))
+        for p in params:
+            p.grad = None
+        self.average.average_([p.grad for p in self.heads if p.grad is not None and not _is_dtensor(p)])
+        return [TaskMatrix(self.group, [], G, partial=True)]
+
+    def write(self, matrix: TaskMatrix, combined: torch.Tensor) -> None:
+        from torch.distributed.tensor import DTensor
+
+        params = self.group.trainable()
+        sizes = [p.to_local().numel() for p in params]
+        for p, part in zip(params, combined.split(sizes)):
+            local = part.view(p.to_local().shape).to(p.dtype)
+            p.grad = DTensor.from_local(local, p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
+
+
+def _is_dtensor(tensor) -> bool:
+    return type(tensor).__name__ == "DTensor" and hasattr(tensor, "to_local")
+
+
+def sharded_by_fsdp(params) -> bool:
+    """Whether the parameters are FSDP2's (DTensor) shards."""
+    return any(_is_dtensor(p) for p in params)
+
+
 class FeatureGradients:
     """Per-task gradients of the representation z handed to ``MTLOptimizer.features``: the
     heads run on ``leaf`` (z detached), so each task's pass stops there.
