@@ -27,6 +27,7 @@ CASES = {
     "every2-pcgrad": {"method": "pcgrad", "every": 2},
     "every2-mgda": {"method": "mgda", "every": 2},
     "two-groups": {"groups": True},
+    "full-nash_mtl-grad-scaler": {"method": "nash_mtl", "scaler": True},  # K unscaled: Nash-MTL is not scale-linear
     # The sharded reduction (P = 101 shared parameters: not a multiple of 2 or 3).
     **{f"sharded-{method}": {"method": method, "reduce": "sharded"} for method in
        ("pcgrad", "mgda", "nash_mtl", "upgrad", "graddrop")},
@@ -56,6 +57,7 @@ def losses(net, x, y) -> list[torch.Tensor]:
 def optimizer(net, options: dict, process_group=None) -> fastmtl.MTLOptimizer:
     """The case's MTLOptimizer on ``process_group`` (None: this process alone)."""
     options = dict(options)
+    options.pop("scaler", None)
     if process_group is not None:
         options["process_group"] = process_group
     else:
@@ -70,11 +72,17 @@ def optimizer(net, options: dict, process_group=None) -> fastmtl.MTLOptimizer:
     return fastmtl.MTLOptimizer(base, shared=net["encoder"].parameters(), **options)
 
 
-def train(net, opt, x, y, steps: int) -> None:
+def train(net, opt, x, y, steps: int, scaler: bool = False) -> None:
+    """SGD steps; with ``scaler``, through a GradScaler (a power-of-two scale: exact in float64)."""
+    grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12) if scaler else None
     for _ in range(steps):
         opt.zero_grad()
-        opt.backward(losses(net, x, y))
-        opt.step()
+        opt.backward(losses(net, x, y), scaler=grad_scaler)
+        if grad_scaler is None:
+            opt.step()
+        else:
+            grad_scaler.step(opt)
+            grad_scaler.update()
 
 
 def flat_parameters(net) -> torch.Tensor:
@@ -101,8 +109,8 @@ def run_case(options: dict) -> dict:
         for group in reference_opt.groups:
             if group.method.options.get("generator", 0) is None:
                 group.method.options["generator"] = generator
-    train(net, opt, x[shard], y[shard], STEPS)
-    train(reference, reference_opt, x, y, STEPS)
+    train(net, opt, x[shard], y[shard], STEPS, options.get("scaler", False))
+    train(reference, reference_opt, x, y, STEPS, options.get("scaler", False))
     mine, expected = flat_parameters(net), flat_parameters(reference)
     return {"error": float((mine - expected).abs().max() / expected.abs().max()), "same": same_on_every_rank(mine)}
 
