@@ -89,10 +89,19 @@ inline void check_gram_rescue_inputs(const at::Tensor& grads, const at::Tensor& 
   check_same_device(gram, "gram", grads);
 }
 
+// Largest column_offset + P GradDrop accepts (see check_graddrop_inputs).
+constexpr int64_t kMaxGraddropColumn = int64_t{1} << 62;
+
 inline void check_graddrop_inputs(const at::Tensor& grads, const at::Tensor& leak,
-                                  const std::optional<at::Tensor>& signs, const at::Tensor& seed) {
+                                  const std::optional<at::Tensor>& signs, const at::Tensor& seed,
+                                  int64_t column_offset) {
   check_task_matrix(grads);
   const int64_t T = grads.size(0), P = grads.size(1);
+  // Stream elements [column_offset, column_offset + P): the bound keeps every index and the
+  // kernels' block arithmetic (philox_span adds up to 511) far from int64 overflow.
+  TORCH_CHECK(column_offset >= 0, "fastmtl: column_offset must be >= 0, got ", column_offset);
+  TORCH_CHECK(column_offset <= kMaxGraddropColumn - P, "fastmtl: column_offset + P must not exceed 2^62, got ",
+              column_offset, " + ", P);
   TORCH_CHECK(leak.dim() == 1 && leak.size(0) == T, "fastmtl: leak must be [T] = [", T, "], got ", leak.sizes());
   TORCH_CHECK(at::isFloatingType(leak.scalar_type()), "fastmtl: leak must be floating-point");
   check_same_device(leak, "leak", grads);

@@ -33,8 +33,9 @@ TORCH_LIBRARY(fastmtl, m) {
   // out = weights . grads, in grads' dtype.
   m.def("combine(Tensor grads, Tensor weights) -> Tensor");
   m.def("combine_into(Tensor grads, Tensor weights, Tensor(a!) out) -> ()");
-  // GradDrop combination; seed = int64 [key, offset] of the Philox stream.
-  m.def("graddrop(Tensor grads, Tensor leak, Tensor? signs, Tensor seed) -> Tensor");
+  // GradDrop combination; seed = int64 [key, offset] of the Philox stream; column_offset = the
+  // index of grads' first column in the unsharded G (a column shard draws that G's uniforms).
+  m.def("graddrop(Tensor grads, Tensor leak, Tensor? signs, Tensor seed, int column_offset=0) -> Tensor");
   // Agglomerative clustering of T tasks: int64 labels [T].
   m.def("cluster_tasks(Tensor similarity, int? n_groups, float? threshold, str linkage) -> Tensor");
 }

@@ -1,6 +1,8 @@
 """GradDrop: kernels vs reference (same Philox stream), reference vs the per-task paper
 algorithm and torchjd, and the properties the paper's construction implies."""
 
+from itertools import pairwise
+
 import pytest
 import torch
 from conftest import ALL_IMPLS, COMPILED_IMPLS, DTYPES, assert_within, gamma, weighted_sum_error_bound
@@ -248,3 +250,155 @@ def test_batched_feature_form_matches_the_paper_per_task():
     assert_within(out, expected.reshape(-1), bound_vs_per_vector(G))
     with pytest.raises(ValueError, match="batch"):
         fastmtl.graddrop(G, batch=7)
+
+
+# ----- Column shards (column_offset): a process holding columns [a, b) of G ---------------------
+
+IMPL_DEVICES = [
+    pytest.param("cpp", "cpu", marks=pytest.mark.skipif(not fastmtl.HAS_EXT, reason="fastmtl._C not built")),
+    ("torch", "cpu"),
+    pytest.param("cuda", "cuda",
+                 marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")]),
+]
+# The splits (a, b) give the shards [0, a), [a, b), [b, P): offsets on and off the Philox block
+# (256 columns, 64-column lanes) and the SIMD widths, shards of one column, shards within one block.
+SPLITS = [(1, 7), (7, 63), (63, 64), (64, 65), (65, 255), (255, 256), (256, 257), (1, 257), (7, 500)]
+
+
+def shard_call(G, impl, device, seed, column_offset, leak, signs=None, batch=None):
+    gen = torch.Generator(device).manual_seed(seed)
+    signs = None if signs is None else signs.to(device)
+    out = fastmtl.graddrop(G.to(device), leak=leak.to(device), signs=signs, batch=batch, generator=gen, impl=impl,
+                           column_offset=column_offset)
+    return out.cpu()
+
+
+def concatenated_shards(G, impl, device, seed, cuts, leak, signs=None):
+    return torch.cat([
+        shard_call(G[:, lo:hi], impl, device, seed, lo, leak, None if signs is None else signs[lo:hi])
+        for lo, hi in pairwise([0, *cuts, G.shape[1]])
+    ])
+
+
+@pytest.mark.parametrize("impl,device", IMPL_DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_signs", [False, True])
+@pytest.mark.parametrize("cuts", SPLITS)
+def test_column_shards_equal_the_unsharded_call_bitwise(impl, device, dtype, with_signs, cuts):
+    # Each column's purity, mask and sum use that column only (sums over tasks, in index order),
+    # and column c draws stream element c on every shard: the concatenation is the whole call,
+    # bit for bit, with no tolerance.
+    P = 777
+    G = random_gradients(5, P, seed=sum(cuts), dtype=dtype)
+    signs = torch.randn(P, generator=seeded(1)).to(dtype) if with_signs else None
+    leak = torch.tensor([0.0, 0.25, 0.5, 0.0, 0.75])  # < 1: the mask changes the result
+    whole = shard_call(G, impl, device, 3, 0, leak, signs)
+    assert torch.equal(concatenated_shards(G, impl, device, 3, cuts, leak, signs), whole)
+    # The test can fail: shards that all start the stream at 0 draw other masks.
+    ignored = torch.cat([shard_call(G[:, lo:hi], impl, device, 3, 0, leak, None if signs is None else signs[lo:hi])
+                         for lo, hi in pairwise([0, *cuts, P])])
+    assert not torch.equal(ignored, whole)
+
+
+@pytest.mark.parametrize("impl,device", IMPL_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cuts", [(7, 33_001), (2049, 32_775), (32_768, 40_000)])
+def test_long_column_shards_equal_the_unsharded_call_bitwise(impl, device, dtype, cuts):
+    # Shards over several CPU tiles (2048 columns) and parallel work items (32768 columns) at
+    # offsets that leave every tile `shift` columns into a Philox block.
+    P = 70_001
+    G = random_gradients(3, P, seed=cuts[0], dtype=dtype)
+    signs = torch.randn(P, generator=seeded(2)).to(dtype)
+    leak = torch.tensor([0.0, 0.5, 0.25])
+    whole = shard_call(G, impl, device, 8, 0, leak, signs)
+    assert torch.equal(concatenated_shards(G, impl, device, 8, cuts, leak, signs), whole)
+
+
+@pytest.mark.parametrize("impl,device", [p for p in IMPL_DEVICES if p != ("torch", "cpu")])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("offset", [1, 7, 63, 64, 65, 255, 256, 257, 2**40 + 3])
+@pytest.mark.parametrize("with_signs", [False, True])
+def test_compiled_shard_masks_equal_reference_exactly(impl, device, dtype, offset, with_signs):
+    # As test_compiled_masks_equal_reference_exactly, at a column offset: small integers and
+    # leaks in {0, 1/2, 1} make every product and sum exact, so equal outputs = equal masks.
+    gen = torch.Generator().manual_seed(offset % 1000)
+    P = 3000
+    G = torch.randint(-8, 9, (7, P), generator=gen).to(dtype)
+    leak = torch.randint(0, 3, (7,), generator=gen).float() / 2
+    signs = torch.randint(-2, 3, (P,), generator=gen).to(dtype) if with_signs else None
+    out = shard_call(G, impl, device, 5, offset, leak, signs)
+    ref = shard_call(G, "torch", device, 5, offset, leak, signs)
+    assert torch.equal(out, ref)
+    assert not torch.equal(out, shard_call(G, "torch", device, 5, 0, leak, signs))  # the offset is used
+
+
+@pytest.mark.parametrize("offset", [0, 1, 7, 63, 64, 65, 255, 256, 257, 1000, 2**40 + 3])
+@pytest.mark.parametrize("n", [1, 5, 256, 257, 600])
+def test_reference_stream_at_an_offset_is_a_slice_of_the_stream(offset, n):
+    seed = torch.tensor([123456789, 42])
+    if offset < 2000:
+        expected = reference.philox_uniform(seed, offset + n)[offset:]
+        assert torch.equal(reference.philox_uniform(seed, n, offset), expected)
+    else:  # far into the stream: against the per-element mapping of philox.h, one draw per element
+        element = torch.arange(offset, offset + n)
+        expected = torch.stack([
+            reference.philox_uniform(seed, 256, int(e) // 256 * 256)[int(e) % 256] for e in element
+        ])
+        assert torch.equal(reference.philox_uniform(seed, n, offset), expected)
+
+
+def test_batched_feature_shards_equal_the_unsharded_call_bitwise():
+    # batch= form: a shard holds features [f0, f1) of every batch element (batch-major columns),
+    # column_offset = f0, the unsharded G's column of that feature in batch element 0.
+    T, B, F = 4, 6, 600
+    G = random_gradients(T, B * F, seed=9, dtype=torch.float32)
+    signs = torch.randn(B * F, generator=seeded(3))
+    leak = torch.tensor([0.0, 0.5, 0.25, 0.0])
+    whole = shard_call(G, "torch", "cpu", 4, 0, leak, signs, batch=B).view(B, F)
+    parts = []
+    for f0, f1 in [(0, 7), (7, 263), (263, 600)]:
+        local = G.view(T, B, F)[:, :, f0:f1].reshape(T, -1)
+        local_signs = signs.view(B, F)[:, f0:f1].reshape(-1)
+        parts.append(shard_call(local, "torch", "cpu", 4, f0, leak, local_signs, batch=B).view(B, f1 - f0))
+    assert torch.equal(torch.cat(parts, dim=1), whole)
+
+
+def test_method_passes_the_column_offset():
+    G = random_gradients(3, 900, seed=4)
+    method = fastmtl.methods.create("graddrop", leak=0.1, generator=seeded(6))
+    shard = method(G[:, 300:], column_offset=300)
+    expected = fastmtl.graddrop(G, leak=0.1, generator=seeded(6))[300:]
+    assert torch.equal(shard, expected)
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+@pytest.mark.parametrize("bad,error", [(-1, ValueError), (2**62, ValueError), (True, TypeError), (False, TypeError),
+                                       (7.0, TypeError), ("7", TypeError), (None, TypeError)])
+def test_bad_column_offset_raises(impl, bad, error):
+    G = random_gradients(2, 50, seed=1)
+    with pytest.raises(error, match="column_offset"):
+        fastmtl.graddrop(G, column_offset=bad, impl=impl)
+    with pytest.raises(error, match="column_offset"):
+        fastmtl.graddrop(G, batch=5, column_offset=bad)
+
+
+def test_largest_column_offset_is_accepted():
+    G = random_gradients(2, 50, seed=1)
+    fastmtl.graddrop(G, column_offset=2**62 - 50, impl="torch")
+
+
+@pytest.mark.skipif(not fastmtl.HAS_EXT, reason="fastmtl._C not built")
+@pytest.mark.parametrize("bad", [-1, -(2**40), 2**62 - 49])
+def test_raw_op_rejects_bad_column_offset(bad):
+    G = random_gradients(2, 50, seed=1)
+    with pytest.raises(RuntimeError, match="column_offset"):
+        torch.ops.fastmtl.graddrop(G, torch.zeros(2), None, torch.tensor([1, 2]), bad)
+    torch.ops.fastmtl.graddrop(G, torch.zeros(2), None, torch.tensor([1, 2]), 2**62 - 50)  # the limit itself
+
+
+@pytest.mark.skipif(not fastmtl.HAS_EXT, reason="fastmtl._C not built")
+def test_raw_op_offset_defaults_to_zero():
+    G = random_gradients(2, 300, seed=1)
+    seed = torch.tensor([1, 2])
+    assert torch.equal(torch.ops.fastmtl.graddrop(G, torch.zeros(2), None, seed),
+                       torch.ops.fastmtl.graddrop(G, torch.zeros(2), None, seed, 0))

@@ -28,6 +28,7 @@ def cases():
     yield "combine_into", (G, torch.rand(4), torch.empty(1000))
     yield "graddrop", (G, torch.rand(4), None, seed)
     yield "graddrop", (G.double(), torch.rand(4).double(), torch.randn(1000).double(), seed)
+    yield "graddrop", (G, torch.rand(4), torch.randn(1000), seed, 7)  # a column shard, off the Philox blocks
     # The Gram-space solves: float64 or float32 K, float64 outputs.
     yield "mgda_weights", (K.double(), 100, 1e-3)
     yield "mgda_weights", (K, 5, 1e-3)

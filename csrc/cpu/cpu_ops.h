@@ -15,7 +15,7 @@ at::Tensor pcgrad_weights_cpu(const at::Tensor& gram, const std::optional<at::Te
 at::Tensor combine_cpu(const at::Tensor& grads, const at::Tensor& weights);
 void combine_into_cpu(const at::Tensor& grads, const at::Tensor& weights, const at::Tensor& out);
 at::Tensor graddrop_cpu(const at::Tensor& grads, const at::Tensor& leak, const std::optional<at::Tensor>& signs,
-                        const at::Tensor& seed);
+                        const at::Tensor& seed, int64_t column_offset);
 at::Tensor cluster_tasks_cpu(const at::Tensor& similarity, std::optional<int64_t> n_groups,
                              std::optional<double> threshold, const std::string& linkage);
 

@@ -3,6 +3,8 @@
 // stream, so every path draws the same numbers), then add each task's gradient scaled by its
 // keep factor. The tile's rows stay in cache between the two walks, so G is read from memory
 // once. The maths is surgery_math.h's graddrop_purity / _direction / _keep_factor on vectors.
+// column_offset: G holds columns [offset, offset + P) of a larger matrix (a column shard); local
+// column c takes stream element offset + c, so the shards' masks are the unsharded call's.
 #include <ATen/Parallel.h>
 
 #include <cmath>
@@ -18,17 +20,20 @@ namespace {
 
 // Tiles of kTileColumns (8 KB per float row): long enough for the hardware prefetcher to stream
 // G when the compute loops read it in place (measured 1.7x faster than copying 256-column
-// tiles to a buffer first), and a whole number of Philox blocks so tiles never split one.
+// tiles to a buffer first), and a whole number of Philox blocks so that, at a column offset
+// that is a multiple of 256 (offset 0 included), each tile draws exactly its own blocks. At any
+// other offset a tile's columns start `shift` elements into a block and it draws one more
+// block (one in eight more for a full tile), read from `shift` on.
 constexpr int64_t kTile = kTileColumns;
 // Rows read together in the first walk (measured at T = 8: 4 beat 1 and 8 at P = 1e6 and 4e6).
 constexpr int64_t kRowsPerWalk = 4;  // the walk below is written out for exactly four
 static_assert(kTile % kPhiloxBlockElements == 0 && kChunkColumns % kTile == 0,
-              "tiles must start on Philox block boundaries");
+              "tiles must start on Philox block boundaries (relative to the column offset)");
 
 template <int Bytes, typename scalar_t, bool kHasSigns>
 FASTMTL_ALWAYS_INLINE void graddrop_range(const scalar_t* G, int64_t T, int64_t row_stride, const scalar_t* signs,
-                                          const acc_type<scalar_t>* leak, const PhiloxSeed& seed, int64_t begin,
-                                          int64_t end, scalar_t* out) {
+                                          const acc_type<scalar_t>* leak, const PhiloxSeed& seed,
+                                          int64_t column_offset, int64_t begin, int64_t end, scalar_t* out) {
   using acc_t = acc_type<scalar_t>;
   using V = vec<acc_t, Bytes>;
   constexpr int W = Bytes / sizeof(acc_t);
@@ -36,8 +41,8 @@ FASTMTL_ALWAYS_INLINE void graddrop_range(const scalar_t* G, int64_t T, int64_t 
   std::vector<const acc_t*> rows(T);
   alignas(64) acc_t sign[kTile], uniform_acc[kTile], result[kTile];
   alignas(64) acc_t sum_buffer[kTile], abs_buffer[kTile], direction_buffer[kTile];
-  alignas(64) float uniform_bits[kTile];
-  const acc_t* uniform = std::is_same<acc_t, float>::value ? reinterpret_cast<const acc_t*>(uniform_bits) : uniform_acc;
+  // One block more than a tile: an unaligned column offset makes a tile straddle kTile / 256 + 1 blocks.
+  alignas(64) float uniform_bits[kTile + kPhiloxBlockElements];
   const V zero = {};
   const V one = zero + acc_t(1);
   for (int64_t t = 0; t < kTile; ++t) sign[t] = acc_t(1);
@@ -58,15 +63,20 @@ FASTMTL_ALWAYS_INLINE void graddrop_range(const scalar_t* G, int64_t T, int64_t 
     if (kHasSigns) {
       for (int64_t t = 0; t < kTile; ++t) sign[t] = t < len ? sign_of(to_acc<acc_t>(signs[c0 + t])) : acc_t(1);
     }
-    for (int64_t b = 0; b * kPhiloxBlockElements < len; ++b) {
-      philox_uniform_block_cpu(seed, static_cast<uint64_t>(c0 / kPhiloxBlockElements + b),
+    // Local column c0 + t is stream element column_offset + c0 + t = uniform_bits[span.shift + t].
+    const PhiloxSpan span = philox_span(column_offset + c0, len);
+    for (int64_t b = 0; b < span.blocks; ++b) {
+      philox_uniform_block_cpu(seed, span.first_block + static_cast<uint64_t>(b),
                                uniform_bits + b * kPhiloxBlockElements);
     }
+    const float* tile_uniform = uniform_bits + span.shift;  // load_vec is unaligned-safe
     // Lanes past the last column of a partial tile are never computed (their inputs are unset).
     const int64_t vectors = (len + W - 1) / W;
     if (!std::is_same<acc_t, float>::value) {
-      for (int64_t t = 0; t < vectors * W; ++t) uniform_acc[t] = uniform_bits[t];
+      for (int64_t t = 0; t < vectors * W; ++t) uniform_acc[t] = tile_uniform[t];
     }
+    const acc_t* uniform =
+        std::is_same<acc_t, float>::value ? reinterpret_cast<const acc_t*>(tile_uniform) : uniform_acc;
 
     // Per-tile lane accumulators (V may alias acc_t: see VectorOf).
     V* signed_sum = reinterpret_cast<V*>(sum_buffer);
@@ -119,8 +129,8 @@ FASTMTL_ALWAYS_INLINE void graddrop_range(const scalar_t* G, int64_t T, int64_t 
 }  // namespace
 
 at::Tensor graddrop_cpu(const at::Tensor& grads_in, const at::Tensor& leak, const std::optional<at::Tensor>& signs,
-                        const at::Tensor& seed) {
-  check_graddrop_inputs(grads_in, leak, signs, seed);
+                        const at::Tensor& seed, int64_t column_offset) {
+  check_graddrop_inputs(grads_in, leak, signs, seed, column_offset);
   const at::Tensor grads = rows_contiguous(grads_in);
   const int64_t T = grads.size(0), P = grads.size(1);
   const at::Tensor sign_source = signs.has_value() ? signs->contiguous() : at::Tensor();
@@ -137,16 +147,19 @@ at::Tensor graddrop_cpu(const at::Tensor& grads_in, const at::Tensor& leak, cons
     const scalar_t* sp = signs.has_value() ? sign_source.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* o = out.data_ptr<scalar_t>();
     const int64_t row_stride = grads.stride(0);
-    // Work items start on multiples of kChunkColumns: Philox blocks never split.
+    // Work items start on multiples of kChunkColumns (a fixed split: same bits on any thread
+    // count); at an unaligned column offset the block straddling two items is drawn by both.
     at::parallel_for(0, chunk_count(P), 1, [&](int64_t first, int64_t last) {
       const int64_t begin = first * kChunkColumns, end = std::min(P, last * kChunkColumns);
       if (sp) {
         run_best_isa([&](auto isa) FASTMTL_KERNEL_BODY {
-          graddrop_range<decltype(isa)::kVectorBytes, scalar_t, true>(G, T, row_stride, sp, lp, philox, begin, end, o);
+          graddrop_range<decltype(isa)::kVectorBytes, scalar_t, true>(G, T, row_stride, sp, lp, philox, column_offset,
+                                                                      begin, end, o);
         });
       } else {
         run_best_isa([&](auto isa) FASTMTL_KERNEL_BODY {
-          graddrop_range<decltype(isa)::kVectorBytes, scalar_t, false>(G, T, row_stride, sp, lp, philox, begin, end, o);
+          graddrop_range<decltype(isa)::kVectorBytes, scalar_t, false>(G, T, row_stride, sp, lp, philox, column_offset,
+                                                                       begin, end, o);
         });
       }
     });

@@ -4,6 +4,10 @@
 // CUDA, torch reference) draws the same numbers. The thread sums its four columns over the T
 // rows, forms purity and direction, then re-reads its columns (cache hits) to add the kept
 // gradients. The seed is read on the device: no host sync, CUDA-graph capturable.
+// column_offset (a column shard of a larger G): local column c is stream element offset + c.
+// The threads walk the counters of the blocks spanning [offset, offset + P) (philox_span) and
+// shift their columns back by offset % 256; at offset 0 (or a multiple of 256) that is the
+// unsharded layout exactly, otherwise the first and last blocks have some idle lanes.
 #include <torch/library.h>
 
 #include "cuda/cuda_utils.cuh"
@@ -20,19 +24,23 @@ template <typename scalar_t, typename acc_t, bool kHasSigns>
 __global__ void __launch_bounds__(kThreads)
     graddrop_kernel(const scalar_t* __restrict__ G, const acc_t* __restrict__ leak, const scalar_t* __restrict__ signs,
                     const int64_t* __restrict__ seed_words, int64_t T, int64_t P, int64_t row_stride,
-                    scalar_t* __restrict__ out) {
+                    PhiloxSpan span, scalar_t* __restrict__ out) {
   const PhiloxSeed seed = philox_seed_from_words(seed_words[0], seed_words[1]);
   const acc_t poison = graddrop_leak_poison(leak, T);
-  const int64_t counters = (P + kPhiloxBlockElements - 1) / kPhiloxBlockElements * kPhiloxBlockCounters;
+  const int64_t counters = span.blocks * kPhiloxBlockCounters;
   for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < counters;
        q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t first = q / kPhiloxBlockCounters * kPhiloxBlockElements + q % kPhiloxBlockCounters;
-    const Philox4x32 bits = philox_draw(seed, static_cast<uint64_t>(q));
+    // Counter q of the span is stream counter 64 first_block + q; its lane-0 element lies
+    // `first` columns into this shard (negative for the lanes before the shard's first column).
+    const int64_t first = q / kPhiloxBlockCounters * kPhiloxBlockElements + q % kPhiloxBlockCounters - span.shift;
+    const Philox4x32 bits = philox_draw(seed, span.first_block * kPhiloxBlockCounters + static_cast<uint64_t>(q));
     acc_t sign[kLanes], signed_sum[kLanes], abs_sum[kLanes], direction[kLanes], acc[kLanes];
+    bool inside[kLanes];  // the lane's column is one of this shard's P: 0 <= c < P in one compare
 #pragma unroll
     for (int l = 0; l < kLanes; ++l) {
       const int64_t c = first + l * kPhiloxBlockCounters;
-      sign[l] = (kHasSigns && c < P) ? sign_of(static_cast<acc_t>(signs[c])) : acc_t(1);
+      inside[l] = static_cast<uint64_t>(c) < static_cast<uint64_t>(P);
+      sign[l] = (kHasSigns && inside[l]) ? sign_of(static_cast<acc_t>(signs[c])) : acc_t(1);
       signed_sum[l] = abs_sum[l] = acc[l] = 0;
     }
     for (int64_t i = 0; i < T; ++i) {  // tasks in index order, as every other path
@@ -40,7 +48,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int l = 0; l < kLanes; ++l) {
         const int64_t c = first + l * kPhiloxBlockCounters;
-        const acc_t g = c < P ? static_cast<acc_t>(row[c]) * sign[l] : acc_t(0);
+        const acc_t g = inside[l] ? static_cast<acc_t>(row[c]) * sign[l] : acc_t(0);
         signed_sum[l] += g;
         abs_sum[l] += fabs(g);
       }
@@ -56,7 +64,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int l = 0; l < kLanes; ++l) {
         const int64_t c = first + l * kPhiloxBlockCounters;
-        const acc_t g = c < P ? static_cast<acc_t>(row[c]) : acc_t(0);
+        const acc_t g = inside[l] ? static_cast<acc_t>(row[c]) : acc_t(0);
         acc[l] += graddrop_keep_factor(g, direction[l], leak_i) * g;
       }
     }
@@ -64,14 +72,14 @@ __global__ void __launch_bounds__(kThreads)
     for (int l = 0; l < kLanes; ++l) {
       const int64_t c = first + l * kPhiloxBlockCounters;
       // sign - sign is 0, or NaN for a NaN activation: a NaN never vanishes.
-      if (c < P) out[c] = static_cast<scalar_t>((kHasSigns ? acc[l] + (sign[l] - sign[l]) : acc[l]) + poison);
+      if (inside[l]) out[c] = static_cast<scalar_t>((kHasSigns ? acc[l] + (sign[l] - sign[l]) : acc[l]) + poison);
     }
   }
 }
 
 at::Tensor graddrop_cuda(const at::Tensor& grads_in, const at::Tensor& leak, const std::optional<at::Tensor>& signs,
-                         const at::Tensor& seed) {
-  check_graddrop_inputs(grads_in, leak, signs, seed);
+                         const at::Tensor& seed, int64_t column_offset) {
+  check_graddrop_inputs(grads_in, leak, signs, seed, column_offset);
   check_cuda(grads_in, "grads");
   const at::cuda::OptionalCUDAGuard guard(grads_in.device());
   const at::Tensor grads = rows_contiguous(grads_in);
@@ -79,7 +87,8 @@ at::Tensor graddrop_cuda(const at::Tensor& grads_in, const at::Tensor& leak, con
   const at::Tensor sign_source = signs.has_value() ? signs->contiguous() : at::Tensor();
   const at::Tensor seed_words = seed.contiguous();
   at::Tensor out = at::empty({P}, grads.options().memory_format(at::MemoryFormat::Contiguous));
-  const int64_t counters = (P + kPhiloxBlockElements - 1) / kPhiloxBlockElements * kPhiloxBlockCounters;
+  const PhiloxSpan span = philox_span(column_offset, P);
+  const int64_t counters = span.blocks * kPhiloxBlockCounters;
   const int blocks = static_cast<int>(blocks_for(counters));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads.scalar_type(), "fastmtl_graddrop_cuda", [&] {
@@ -89,7 +98,7 @@ at::Tensor graddrop_cuda(const at::Tensor& grads_in, const at::Tensor& leak, con
       graddrop_kernel<scalar_t, acc_t, decltype(has_signs)::value><<<blocks, kThreads, 0, stream>>>(
           grads.const_data_ptr<scalar_t>(), leak_acc.const_data_ptr<acc_t>(),
           signs.has_value() ? sign_source.const_data_ptr<scalar_t>() : nullptr, seed_words.const_data_ptr<int64_t>(),
-          T, P, grads.stride(0), out.data_ptr<scalar_t>());
+          T, P, grads.stride(0), span, out.data_ptr<scalar_t>());
     };
     if (signs.has_value()) {
       launch(std::true_type{});

@@ -35,7 +35,9 @@ def _combine_into_fake(grads, weights, out):
 
 
 @torch.library.register_fake("fastmtl::graddrop")
-def _graddrop_fake(grads, leak, signs, seed):
+def _graddrop_fake(grads, leak, signs, seed, column_offset=0):
+    # The kernels' offset check (check_graddrop_inputs), so a traced call fails where the eager one would.
+    torch._check(column_offset >= 0, lambda: f"column_offset must be >= 0, got {column_offset}")
     return grads.new_empty((grads.shape[1],))
 
 

@@ -197,6 +197,7 @@ def graddrop(
     batch: int | None = None,
     generator: torch.Generator | None = None,
     impl: str = "auto",
+    column_offset: int = 0,
 ) -> torch.Tensor:
     """GradDrop (Chen et al. 2020): sign-consistency dropout of the task gradients G [T, P].
 
@@ -213,10 +214,21 @@ def graddrop(
     draws the same masks on every ``impl`` (results agree to the last bit of rounding). NaN/Inf in
     G or NaN in ``signs`` propagate to the affected coordinates. ``leak`` and ``batch`` accept any
     real / integral number type (numpy scalars too), not bool.
+
+    ``column_offset`` (an int >= 0, not bool; column_offset + P <= 2^62): G holds columns
+    [column_offset, column_offset + P) of a larger G split by columns across processes. Column c
+    then draws element column_offset + c of the stream, the uniform the unsharded call draws for
+    that column; each column's purity depends on that column alone, so concatenating the shards'
+    results (same generator state on every process) equals the unsharded call bit for bit. Any
+    offset works on every ``impl``. With ``batch`` the offset is in columns of G too, counted
+    within one batch element: G then holds features [column_offset, column_offset + P / batch)
+    of every batch element (batch-major), i.e. the unsharded G's column column_offset is this
+    shard's first feature of batch element 0.
     """
     G = _validate.task_matrix(G)
     _validate.choice(impl, _validate.IMPLS, "impl")
     leak_t = _validate.leak_vector(leak, G)
+    column_offset = _graddrop_column_offset(column_offset, G.shape[1])
     if signs is not None:
         if not isinstance(signs, torch.Tensor):
             raise TypeError(f"signs must be a tensor of shape [P] or None, got {type(signs).__name__}")
@@ -231,11 +243,20 @@ def graddrop(
         if impl in ("cpp", "cuda"):
             raise ValueError(f"graddrop(batch=...) has no compiled kernel, so impl={impl!r} cannot run it; "
                              "it runs on the pure-PyTorch reference: use impl='auto' or impl='torch'")
-        uniform = reference.philox_uniform(seed, G.shape[1] // batch)
+        uniform = reference.philox_uniform(seed, G.shape[1] // batch, column_offset)  # one per feature
         return reference.graddrop_batched(G, leak_t, signs, uniform, batch)
     if use_extension(impl, G):
-        return torch.ops.fastmtl.graddrop(G, leak_t, signs, seed)
-    return reference.graddrop(G, leak_t, signs, reference.philox_uniform(seed, G.shape[1]))
+        return torch.ops.fastmtl.graddrop(G, leak_t, signs, seed, column_offset)
+    return reference.graddrop(G, leak_t, signs, reference.philox_uniform(seed, G.shape[1], column_offset))
+
+
+def _graddrop_column_offset(column_offset, columns: int) -> int:
+    """graddrop's column_offset: an int >= 0 (bool rejected), with column_offset + P within the
+    2^62 stream elements the kernels accept (kMaxGraddropColumn in csrc/op_checks.h)."""
+    column_offset = _validate.integer(column_offset, "column_offset")
+    if column_offset < 0 or column_offset > 2**62 - columns:
+        raise ValueError(f"column_offset must be an int in [0, 2^62 - P] (P = {columns}), got {column_offset}")
+    return column_offset
 
 
 def cluster_tasks(

@@ -89,14 +89,19 @@ def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return hi, lo
 
 
-def philox_uniform(seed: torch.Tensor, n: int) -> torch.Tensor:
-    """n float32 uniforms in [0, 1) from Philox4x32-10 -- the stream of
-    csrc/include/fastmtl/philox.h: element 256 b + 64 lane + k is word `lane` of the draw for
-    counter 64 b + k (counter words 2, 3 = the offset)."""
+def philox_uniform(seed: torch.Tensor, n: int, column_offset: int = 0) -> torch.Tensor:
+    """n float32 uniforms in [0, 1) from Philox4x32-10: elements column_offset .. column_offset
+    + n - 1 of the stream of csrc/include/fastmtl/philox.h, where element 256 b + 64 lane + k is
+    word `lane` of the draw for counter 64 b + k (counter words 2, 3 = the offset). A column
+    shard passes its first column's index in the unsharded G as ``column_offset`` (an int >= 0)
+    and so draws the unsharded call's uniforms for its columns."""
     # Seed words stay on the device (no host sync); >> is arithmetic, so mask the high words.
     key, offset = seed[0], seed[1]
-    blocks = (n + 255) // 256
-    groups = torch.arange(blocks * 64, dtype=torch.int64, device=seed.device)
+    # The whole blocks spanning [column_offset, column_offset + n) (philox_span in philox.h):
+    # offset 0 draws exactly ceil(n / 256) blocks, as before offsets existed; others one more.
+    first_block, shift = divmod(column_offset, 256)
+    blocks = (shift + n + 255) // 256
+    groups = torch.arange(first_block * 64, (first_block + blocks) * 64, dtype=torch.int64, device=seed.device)
     c0, c1 = groups & _MASK32, groups >> 32
     c2 = (offset & _MASK32).expand_as(groups)
     c3 = ((offset >> 32) & _MASK32).expand_as(groups)
@@ -106,7 +111,7 @@ def philox_uniform(seed: torch.Tensor, n: int) -> torch.Tensor:
         hi1, lo1 = _mulhilo32(0xCD9E8D57, c2)
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
         k0, k1 = (k0 + 0x9E3779B9) & _MASK32, (k1 + 0xBB67AE85) & _MASK32
-    bits = torch.stack([c0, c1, c2, c3], dim=0).reshape(4, blocks, 64).transpose(0, 1).reshape(-1)[:n]
+    bits = torch.stack([c0, c1, c2, c3], dim=0).reshape(4, blocks, 64).transpose(0, 1).reshape(-1)[shift : shift + n]
     return (bits >> 8).to(torch.float32) * (1.0 / 16777216.0)
 
 

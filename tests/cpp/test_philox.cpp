@@ -1,5 +1,6 @@
 // Unit tests of csrc/include/fastmtl/philox.h: Philox4x32-10 against the Random123 known-answer
-// vectors, the float uniform, the seed split and the block stream layout. Plain C++; run by CTest.
+// vectors, the float uniform, the seed split, the block stream layout and the block span of a
+// column shard. Plain C++; run by CTest.
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -133,6 +134,47 @@ void test_block_layout() {
         fastmtl::philox_uniform_at(fastmtl::philox_seed_from_words(1, 1), 5));
 }
 
+// philox_span: the blocks drawn for elements [first, first + count) (GradDrop's column shards)
+// are the fewest that cover them, and reading from `shift` on gives each element's uniform.
+void test_span() {
+  const fastmtl::PhiloxSeed seed = fastmtl::philox_seed_from_words(0x0123456789abcdefLL, 42);
+  const int64_t firsts[] = {0, 1, 7, 63, 64, 65, 255, 256, 257, 1000, (int64_t{1} << 40) + 3};
+  const int64_t counts[] = {0, 1, 5, 192, 193, 255, 256, 257, 600};
+  std::vector<float> blocks;
+  for (int64_t first : firsts) {
+    for (int64_t count : counts) {
+      const fastmtl::PhiloxSpan span = fastmtl::philox_span(first, count);
+      EXPECT(span.shift >= 0 && span.shift < fastmtl::kPhiloxBlockElements);
+      EXPECT(static_cast<int64_t>(span.first_block) * fastmtl::kPhiloxBlockElements + span.shift == first);
+      // Covering: the blocks reach the last element; fewest: one block less would not (none for no element).
+      if (count == 0) {
+        EXPECT(span.blocks == 0);
+      } else {
+        EXPECT(span.blocks * fastmtl::kPhiloxBlockElements >= span.shift + count);
+        EXPECT((span.blocks - 1) * fastmtl::kPhiloxBlockElements < span.shift + count);
+      }
+      blocks.assign(static_cast<size_t>(span.blocks * fastmtl::kPhiloxBlockElements), -1.0f);
+      for (int64_t b = 0; b < span.blocks; ++b) {
+        fastmtl::philox_uniform_block(seed, span.first_block + static_cast<uint64_t>(b),
+                                      blocks.data() + b * fastmtl::kPhiloxBlockElements);
+      }
+      int mismatches = 0;
+      for (int64_t j = 0; j < count; ++j) {
+        const float expected = fastmtl::philox_uniform_at(seed, static_cast<uint64_t>(first + j));
+        if (blocks[static_cast<size_t>(span.shift + j)] != expected) ++mismatches;
+      }
+      if (mismatches) {
+        std::fprintf(stderr, "%s:%d: span(%lld, %lld): %d element(s) differ from philox_uniform_at\n", __FILE__,
+                     __LINE__, static_cast<long long>(first), static_cast<long long>(count), mismatches);
+        ++g_failures;
+      }
+    }
+  }
+  // Aligned starts draw exactly the blocks of an unsharded call: ceil(count / 256) from first / 256.
+  EXPECT(fastmtl::philox_span(512, 300).first_block == 2 && fastmtl::philox_span(512, 300).blocks == 2);
+  EXPECT(fastmtl::philox_span(0, 256).blocks == 1 && fastmtl::philox_span(255, 2).blocks == 2);
+}
+
 }  // namespace
 
 int main() {
@@ -140,5 +182,6 @@ int main() {
   test_uniform_from_bits();
   test_seed_words();
   test_block_layout();
+  test_span();
   return report("test_philox");
 }

@@ -71,6 +71,23 @@ FASTMTL_HOST_DEVICE inline float philox_uniform_at(const PhiloxSeed& seed, uint6
   return uniform_from_bits(r.v[within / kPhiloxBlockCounters]);
 }
 
+// Where elements [first, first + count) of the stream lie in whole blocks: they start `shift`
+// elements into block `first_block` and end within block first_block + blocks - 1. A call on a
+// column shard (GradDrop's column_offset) draws these blocks and reads from `shift` on, so it
+// gets the uniforms the unsharded call draws for its columns; shift = 0 is the aligned case,
+// which draws exactly the blocks of an unsharded call. Requires first >= 0, count >= 0.
+struct PhiloxSpan {
+  uint64_t first_block;
+  int64_t shift;   // in [0, 256)
+  int64_t blocks;  // ceil((shift + count) / 256); 0 when count is 0
+};
+
+FASTMTL_HOST_DEVICE inline PhiloxSpan philox_span(int64_t first, int64_t count) {
+  const int64_t shift = first % kPhiloxBlockElements;
+  return PhiloxSpan{static_cast<uint64_t>(first / kPhiloxBlockElements), shift,
+                    count == 0 ? 0 : (shift + count + kPhiloxBlockElements - 1) / kPhiloxBlockElements};
+}
+
 // Uniforms for the whole block b: out[0 .. 255] = elements 256 b .. 256 b + 255.
 FASTMTL_HOST_DEVICE inline void philox_uniform_block(const PhiloxSeed& seed, uint64_t block, float* out) {
   for (int64_t k = 0; k < kPhiloxBlockCounters; ++k) {

@@ -159,8 +159,12 @@ class ElementwiseMethod(Method):
     family = "elementwise"
 
     @abc.abstractmethod
-    def __call__(self, G: torch.Tensor, *, signs: torch.Tensor | None = None, batch: int | None = None) -> torch.Tensor:
-        """The combined gradient [P] of G [T, P]."""
+    def __call__(
+        self, G: torch.Tensor, *, signs: torch.Tensor | None = None, batch: int | None = None, column_offset: int = 0
+    ) -> torch.Tensor:
+        """The combined gradient [P] of G [T, P]. ``column_offset``: G holds columns
+        [column_offset, column_offset + P) of a G split by columns across processes; the result
+        is those columns of the unsharded result (a method's randomness is indexed by column)."""
 
 
 class LossMethod(Method):
