@@ -161,6 +161,7 @@ class MTLOptimizer(torch.optim.Optimizer):
         grouped = {id(p) for group in self.groups for p in group.params}
         if not moving_allowed and any(id(p) in grouped for p in params):
             raise ValueError(f"{what} lists a parameter that an earlier group holds: each belongs to one group")
+        self._same_random_numbers(group_method, params[0].device)  # may raise: before anything changes
         moving = {id(p) for p in params}
         for group in self.groups:  # a parameter belongs to one group: it leaves its old one
             group.params = [p for p in group.params if id(p) not in moving]
@@ -169,8 +170,9 @@ class MTLOptimizer(torch.optim.Optimizer):
             group_method = self.method.fresh()  # a second group on the optimizer's method: its own state
         if new:
             self.optimizer.add_param_group({**(param_group or {}), "params": new})
+            if self.processes is not None and self.groups:  # added during training: rank 0's values
+                self.processes.broadcast_([p.detach() for p in new if not sharded_by_fsdp([p])])
         group = SharedGroup(params, tasks, group_method)
-        self._same_random_numbers(group_method, params[0].device)
         self.groups.append(group)
         return group
 
@@ -186,11 +188,11 @@ class MTLOptimizer(torch.optim.Optimizer):
         if method.options["generator"] is None:
             if self.generator is None:
                 self.generator = torch.Generator(device=device)
-                self.generator.manual_seed(self.processes.shared_seed())
+                self.generator.manual_seed(self.processes.shared_seed(device))
             method.options["generator"] = self.generator
         elif method.options["generator"] is not self.generator:
             state = method.options["generator"].get_state().numpy().tobytes()
-            self.processes.check_same(state, f"{method.name}'s generator")
+            self.processes.check_same(state, f"{method.name}'s generator", device)
 
     def branch(self, params, branches, method=None, **options) -> list[SharedGroup]:
         """Replaces shared parameters by copies, one set per branch (e.g. FairBranch's branch
@@ -228,6 +230,7 @@ class MTLOptimizer(torch.optim.Optimizer):
             specs.append((copies, tasks))
         group_method = self._group_method(method, options, "branch")
         self._check_method(group_method, (0,), "branch")
+        self._same_random_numbers(group_method, old[0].device)  # may raise: before anything changes
         # Every check passed. In each param group, the copies take the place of the first parameter
         # they replace there, branch by branch (copy 0's parameters, then copy 1's, ...): the order
         # in which a rebuilt model's parameters() lists them, so a saved state_dict loads into an
@@ -253,9 +256,10 @@ class MTLOptimizer(torch.optim.Optimizer):
         for number, (copies, tasks) in enumerate(specs):
             branch_method = group_method if number == 0 and not any(g.method is group_method for g in self.groups) \
                 else group_method.fresh()
-            self._same_random_numbers(branch_method, copies[0].device)
             added.append(SharedGroup(copies, tasks, branch_method))
         self.groups = before + added + after
+        if self.processes is not None:  # the copies start from rank 0's values
+            self.processes.broadcast_([c.detach() for copies, _ in specs for c in copies if not sharded_by_fsdp([c])])
         return added
 
     def _group_method(self, method, options: dict, what: str) -> methods.Method:
@@ -383,14 +387,19 @@ class MTLOptimizer(torch.optim.Optimizer):
 
     def _source(self, features, heads):
         """Where this backward's per-task gradients come from (engine/sources.py)."""
+        fsdp = sharded_by_fsdp(self._shared_params())
         if features is not None:
+            if fsdp:
+                raise ValueError("feature mode is not supported with FSDP2-sharded shared parameters (FSDP2 already "
+                                 "reduces the encoder gradient that features() back-propagates)")
             return FeatureGradients(self.groups[0], *features, heads, self.processes)
-        if sharded_by_fsdp(self._shared_params()):
+        if fsdp:
             if self.processes is None or len(self.groups) != 1 or self.groups[0].tasks is not None \
                     or self.groups[0].method.family != "gram" or self.every != 1:
                 raise ValueError("shared parameters sharded by FSDP2 (fully_shard) need process_group=..., one shared "
                                  "group used by every task, a Gram-space method and every=1 (the local shards are not "
                                  "contiguous columns of G, and the every=k steps' single pass is not wired for DTensors)")
+            self.processes.check_fsdp_mesh(self._shared_params())
             return FsdpGradients(self.groups[0], heads, self.processes)
         return ParameterGradients(self.groups, heads, self.processes)
 
@@ -448,8 +457,8 @@ class MTLOptimizer(torch.optim.Optimizer):
             for p, grad in zip(heads, grads):
                 p.grad = grad
         if self.processes is not None:  # the same w on every rank: the mean of w · G_r is w · mean G_r
-            self.processes.average_([group.combined for group in self.groups if id(group) in combined]
-                                    + [p.grad for p in heads if p.grad is not None])
+            self.processes.average_([group.combined for group in self.groups if id(group) in combined])
+            self.processes.average_grads_(heads)
         self.last_diagnostics = None  # no per-task gradients on this step
         return self._per_group(combined)
 

@@ -46,13 +46,22 @@ def spawn(size: int) -> dict:
             for process in context.processes:
                 if process.is_alive():
                     process.kill()
-        with open(results) as file:
-            return json.load(file)
+        ranks = []
+        for rank in range(size):
+            with open(f"{results}.{rank}") as file:
+                ranks.append(json.load(file))
+        return ranks
 
 
 @pytest.fixture(scope="module", params=WORLD_SIZES, ids=lambda size: f"N{size}")
-def results(request):
+def all_ranks(request):
     return spawn(request.param)
+
+
+@pytest.fixture
+def results(all_ranks):
+    """Rank 0's results (the comparisons are collective: every rank computed the same ones)."""
+    return all_ranks[0]
 
 
 def outcome(results, name):
@@ -75,8 +84,13 @@ def test_equals_one_process_and_ranks_agree(results, name):
         assert result["error"] <= 1e-12, result["error"]
 
 
-def test_errors_raise_on_every_rank(results):
-    raised = outcome(results, "errors")["raised"]
+def test_head_missing_on_one_rank_neither_hangs_nor_diverges(results):
+    assert outcome(results, "head-missing-on-one-rank")["same"]
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_errors_raise_on_every_rank(all_ranks, rank):
+    raised = outcome(all_ranks[rank], "errors")["raised"]
     assert raised == {"different generators": True, "element-wise feature mode": True, "loss-side method": True,
                       "ddp sync armed": True, "ddp static graph": True}, raised
 

@@ -50,6 +50,8 @@ class ProcessAverage:
         self.group, self.reduce = process_group, reduce
         self.size = dist.get_world_size(process_group)
         self.rank = dist.get_rank(process_group)
+        if self.rank < 0:
+            raise ValueError("process_group: this process is not a member of that group")
         self.source = dist.get_global_rank(process_group, 0)  # the global rank of the group's rank 0
         self._pending: list = []  # (work, tensor) of asynchronous all-reduces not yet waited for
 
@@ -57,6 +59,18 @@ class ProcessAverage:
         """Every tensor takes the value it has on the group's rank 0."""
         for tensor in tensors:
             dist.broadcast(tensor, src=self.source, group=self.group)
+
+    def check_fsdp_mesh(self, params) -> None:
+        """FSDP2 parameters must be sharded over exactly this group (a 1-D mesh): with replicas
+        (HSDP) or another group, summing the ranks' Gram matrices would count columns twice."""
+        ranks = dist.get_process_group_ranks(self.group)
+        for p in params:
+            mesh = getattr(p, "device_mesh", None)
+            if mesh is None:
+                continue
+            if mesh.ndim != 1 or dist.get_process_group_ranks(mesh.get_group()) != ranks:
+                raise ValueError("FSDP2-sharded shared parameters must be sharded over a 1-D mesh of exactly the "
+                                 "process_group's ranks (HSDP or another group is not supported)")
 
     def start(self, tensor: torch.Tensor) -> None:
         """Starts summing ``tensor`` over the processes in place (see ``finish``)."""
@@ -95,16 +109,34 @@ class ProcessAverage:
             self.start(tensor)
         self.finish()
 
-    def shared_seed(self) -> int:
-        """A random 63-bit seed drawn on rank 0, the same on every rank."""
-        seed = torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64)
+    def average_grads_(self, params, op: str = "mean") -> None:
+        """Averages (``op="sum"``: sums) the ``.grad`` of ``params`` over the processes. A None
+        gradient counts as zeros (and becomes them): a task may reach a head on one shard and not
+        on another, and every rank must run the same collectives. (Telling "None on every rank"
+        apart would need a host read of the ranks' flags: a sync per step on a GPU.)"""
+        grads = []
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        if op == "sum":
+            for grad in grads:
+                self.sum_(grad)
+        else:
+            self.average_(grads)
+
+    def shared_seed(self, device: torch.device) -> int:
+        """A random 63-bit seed drawn on rank 0, the same on every rank (exchanged on ``device``,
+        the parameters': an NCCL group serves CUDA tensors only)."""
+        seed = torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64).to(device)
         dist.broadcast(seed, src=self.source, group=self.group)
         return int(seed)
 
-    def check_same(self, data: bytes, what: str) -> None:
-        """Raises unless ``data`` is the same on every rank (compared by a SHA-256 digest)."""
+    def check_same(self, data: bytes, what: str, device: torch.device) -> None:
+        """Raises unless ``data`` is the same on every rank (compared by a SHA-256 digest, on
+        ``device``)."""
         digest = torch.frombuffer(bytearray(hashlib.sha256(data).digest()), dtype=torch.uint8).to(torch.int64)
-        low, high = digest.clone(), digest.clone()
+        low, high = digest.to(device).clone(), digest.to(device).clone()  # two tensors (to() may not copy)
         dist.all_reduce(low, op=dist.ReduceOp.MIN, group=self.group)
         dist.all_reduce(high, op=dist.ReduceOp.MAX, group=self.group)
         if not torch.equal(low, high):

@@ -84,10 +84,8 @@ class ParameterGradients:
                 self.average.cancel()
             raise
         if self.average is not None:
-            for p in self.heads or []:
-                if p.grad is not None:
-                    self.average.start(p.grad)
             self.average.finish()
+            self.average.average_grads_(self.heads or [])
         return matrices
 
     def write(self, matrix: TaskMatrix, combined: torch.Tensor) -> None:
@@ -123,7 +121,7 @@ class FsdpGradients:
                     row.copy_(p.grad.to_local().reshape(-1))
         for p in params:
             p.grad = None
-        self.average.average_([p.grad for p in self.heads if p.grad is not None and not _is_dtensor(p)])
+        self.average.average_grads_([p for p in self.heads if not _is_dtensor(p)])  # FSDP2 averages its own
         return [TaskMatrix(self.group, [], G, partial=True)]
 
     def write(self, matrix: TaskMatrix, combined: torch.Tensor) -> None:
@@ -182,16 +180,14 @@ class FeatureGradients:
         signs = z.detach().reshape(-1).to(leaf.dtype)
         if self.average is not None:
             G.div_(self.average.size)
-            self.average.average_([p.grad for p in self.heads if p.grad is not None])
+            self.average.average_grads_(self.heads)
         return [TaskMatrix(self.group, [], G, signs=signs, batch=z.shape[0] if z.dim() > 1 else 1,
                            partial=self.average is not None)]
 
     def write(self, matrix: TaskMatrix, combined: torch.Tensor) -> None:
         self.representation.backward(combined.view_as(self.representation).to(self.representation.dtype))
         if self.average is not None:  # each rank back-propagated its samples' share: the sum is the whole batch's
-            for p in self.group.trainable():
-                if p.grad is not None:
-                    self.average.sum_(p.grad)
+            self.average.average_grads_(self.group.trainable(), op="sum")
 
 
 def _reads_z_itself(grad):
