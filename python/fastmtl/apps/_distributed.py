@@ -77,8 +77,9 @@ def shard(rank: int, size: int, batch: int) -> slice:
 
 def average_gradients(parameters, group) -> None:
     """Replaces every ``.grad`` by its mean over the processes: one all-reduce of all gradients in
-    one flat buffer (one message instead of one per tensor), a sum, then a division by N, as
-    MTLOptimizer does for its heads, so the plain and the surgery runs average the same way."""
+    one flat buffer (one message instead of one per tensor), a sum, then a division by N: the
+    arithmetic MTLOptimizer uses (it sends one message per tensor), so the plain and the surgery
+    runs average the same way."""
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return
