@@ -18,18 +18,23 @@ from oracles import random_gradients
 import fastmtl
 from fastmtl import methods
 
-NON_CONFLICTING = {"mgda", "upgrad", "dualproj", "nash_mtl"}
+# ConFIG: its direction has the same positive projection on every unit task gradient when they are
+# linearly independent (T <= P, as in these inputs).
+NON_CONFLICTING = {"mgda", "upgrad", "dualproj", "nash_mtl", "config"}
 PERMUTATION_INVARIANT = {"sum", "mean", "mgda", "imtl_g", "aligned_mtl", "upgrad", "dualproj", "nash_mtl", "cagrad",
-                         "graddrop"}
+                         "graddrop", "krum", "trimmed_mean", "config"}
 SCALE_LINEAR = {"sum", "mean", "pcgrad", "graddrop", "mgda", "imtl_g", "aligned_mtl", "upgrad", "dualproj", "cagrad",
-                "gradvac"}
-# d for a single task g (options below): the multiple of g, or "unit" for g/|g|.
+                "gradvac", "random", "constant", "krum", "trimmed_mean", "config"}
+# d for a single task g (options below): the multiple of g, or "unit" for g/|g|; None: the method
+# refuses one task (ValueError), as torchjd (Krum needs T >= n_byzantine + 3, TrimmedMean T >= 2 k + 1).
 SINGLE_TASK = {"sum": 1.0, "mean": 1.0, "pcgrad": 1.0, "graddrop": 1.0, "mgda": 1.0, "imtl_g": 1.0,
-               "aligned_mtl": 1.0, "upgrad": 1.0, "dualproj": 1.0, "cagrad": 1.5, "gradvac": 1.0, "nash_mtl": "unit"}
+               "aligned_mtl": 1.0, "upgrad": 1.0, "dualproj": 1.0, "cagrad": 1.5, "gradvac": 1.0, "nash_mtl": "unit",
+               "random": 1.0, "constant": 0.5, "krum": None, "trimmed_mean": None, "config": 1.0}
 GRADIENT_METHODS = sorted(m for m in methods.available() if methods.method_class(m).family != "loss")
 # Deterministic options: index order for the order-dependent methods, a fixed stream for GradDrop.
 OPTIONS = {"pcgrad": {"shuffle": False}, "gradvac": {"shuffle": False}, "cagrad": {"c": 0.5},
-           "mgda": {"max_iters": 5000, "epsilon": 1e-14}}
+           "mgda": {"max_iters": 5000, "epsilon": 1e-14}, "krum": {"n_byzantine": 0, "n_selected": 2},
+           "trimmed_mean": {"trim_number": 1}}
 # Relative accuracy of each method's solve on well-conditioned float64 input: exact methods to
 # rounding (a few hundred ulps through a T×T solve), iterative ones to their stopping rule.
 SOLVE_RTOL = {"cagrad": 1e-5, "mgda": 1e-7}
@@ -37,8 +42,10 @@ SOLVE_RTOL = {"cagrad": 1e-5, "mgda": 1e-7}
 
 def run(method, G, seed=0):
     options = dict(OPTIONS.get(method, {}))
-    if method == "graddrop":
+    if method in ("graddrop", "random"):
         options["generator"] = torch.Generator().manual_seed(seed)
+    if method == "constant":  # one weight per task, not all equal (0.5 for a single task)
+        options["weights"] = torch.linspace(0.5, 2.0, G.shape[0]).tolist()
     return fastmtl.aggregate(G, method, **options)
 
 
@@ -107,6 +114,10 @@ def test_scale(method):
 @pytest.mark.parametrize("method", GRADIENT_METHODS)
 def test_single_task(method):
     g = random_gradients(1, 100, seed=3, dtype=torch.float64)
+    if SINGLE_TASK[method] is None:
+        with pytest.raises(ValueError, match=method):
+            run(method, g)
+        return
     expected = g[0] / g[0].norm() if SINGLE_TASK[method] == "unit" else SINGLE_TASK[method] * g[0]
     assert_close_rel(run(method, g), expected, 1e-12, method)
 
