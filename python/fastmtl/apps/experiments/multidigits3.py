@@ -108,7 +108,10 @@ EXPERIMENT = register(Experiment(
     default_seeds=3,
     full_config={"train_pairs": 20_000, "test_pairs": 4_000, "steps": 600, "batch": 128, "lr": 2e-3, "threads": 1,
                  "head_hidden": 64, "fd_batch": 1_000, "conflict_batches": 8,
-                 "options": {"go4align": {"n_groups": 2}}},
+                 "options": {"go4align": {"n_groups": 2},
+                             # torchjd's aggregators with required options (T = 3 tasks)
+                             "constant": {"weights": [1.0, 1.0, 1.0]}, "krum": {"n_byzantine": 0},
+                             "trimmed_mean": {"trim_number": 1}}},
     quick_config={"train_pairs": 5_000, "test_pairs": 2_000, "steps": 60, "conflict_batches": 4},
     summary=summary,
     curve_label="training loss (sum over tasks)",
