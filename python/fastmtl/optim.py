@@ -68,7 +68,7 @@ class MTLOptimizer(torch.optim.Optimizer):
     """Multi-task wrapper around ``optimizer``; see the module docstring.
 
     ``method``: a name of ``fastmtl.methods.available()`` or a method object; ``options`` go to
-    the method. A loss-side method ("cosreg", "go4align") builds one loss to back-propagate.
+    the method. A loss-side method ("cosreg", "go4align", "rlw", "gls") builds one loss to back-propagate.
     ``every=k`` recomputes the task weights of a Gram-space method only every k steps; in
     between, with w fixed, w · G is the gradient of Σ w_t L_t, so those steps run one backward
     pass per group instead of T (the heads still get their plain gradients).

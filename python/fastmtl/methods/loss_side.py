@@ -1,5 +1,6 @@
 """Loss-side methods: each builds one loss from the task losses, back-propagated once.
-CosReg adds a differentiable penalty to the summed loss; GO4Align weights the task losses."""
+CosReg adds a differentiable penalty to the summed loss; GO4Align, RLW and GLS weight or
+combine the task losses."""
 
 from __future__ import annotations
 
@@ -52,3 +53,39 @@ class GO4AlignMethod(LossMethod):
         if state:
             self.weighter = GO4Align(state["n_tasks"], **self.options)
             self.weighter.load_state_dict(state)
+
+
+@register
+class RLW(LossMethod):
+    """Random loss weighting (Lin et al. 2022, "Reasonable Effectiveness of Random Weighting"):
+    Σ_t w_t L_t with w = softmax(z), z ~ N(0, I_T) drawn afresh each step, in float64 on the CPU,
+    from ``generator`` (the default CPU generator when None). Scale: weights sum to 1, as
+    LibMTL's RLW."""
+
+    name = "rlw"
+
+    def __init__(self, *, generator: torch.Generator | None = None):
+        super().__init__(generator=_options.generator(self.name, generator))
+
+    def loss(self, losses, shared) -> torch.Tensor:
+        stacked = torch.stack([loss.reshape(()) for loss in losses])
+        draws = torch.randn(len(losses), generator=self.options["generator"], dtype=torch.float64)
+        weights = torch.softmax(draws, 0).to(device=stacked.device, dtype=stacked.dtype)
+        return (weights * stacked).sum()
+
+
+@register
+class GLS(LossMethod):
+    """Geometric loss strategy (Chennupati et al. 2019): the geometric mean (Π_t L_t)^(1/T) of the
+    task losses, as LibMTL's GLS. Its gradient is Σ_t (GLS / (T L_t)) ∇L_t: each task weighted by
+    the inverse of its own loss. Computed as exp(mean log L_t) (a product of many small losses
+    would underflow); the losses must be positive."""
+
+    name = "gls"
+
+    def __init__(self):
+        super().__init__()
+
+    def loss(self, losses, shared) -> torch.Tensor:
+        stacked = torch.stack([loss.reshape(()) for loss in losses])
+        return stacked.log().mean().exp()

@@ -8,7 +8,7 @@ multi-task arm learns the parity task: ~0.55-0.6 test accuracy against ~0.82 sin
 that one task's gap and its seed noise).
 Arms: every gradient method of ``fastmtl.methods.available()`` at parameter level (``METHOD``)
 and at feature level (``METHOD_feature``, via ``opt.features(z)``), and the loss-side methods
-(cosreg, go4align) at parameter level. Single-task baselines (one model per task, same backbone,
+(cosreg, go4align, rlw, gls) at parameter level. Single-task baselines (one model per task, same backbone,
 same steps) are trained for every seed. Metrics: ``delta_m`` (Δm% of the test accuracies against
 the single-task ones, lower is better), ``fd`` (FD of the trained encoder's representation on a
 test batch), ``conflict`` (share of task pairs with a negative gradient cosine on the encoder,
