@@ -32,19 +32,27 @@ FASTMTL_HOST_DEVICE inline double quadratic_form(const double* A, int64_t n, int
   return total;
 }
 
+// dot in index order, as a function object: the default inner product of cholesky_factor.
+struct OrderedDot {
+  FASTMTL_HOST_DEVICE double operator()(const double* x, const double* y, int64_t n) const { return dot(x, y, n); }
+};
+
 // In-place Cholesky A = L L^T of the symmetric n x n A (lower triangle read and overwritten with
 // L; the strict upper triangle is left alone). False when a pivot is not positive and finite
-// (A not numerically positive definite): A is then partly overwritten.
-FASTMTL_HOST_DEVICE inline bool cholesky_factor(double* A, int64_t n, int64_t lda) {
+// (A not numerically positive definite): A is then partly overwritten. ``inner`` computes the
+// inner products (any summation order keeps the factorisation backward stable, Higham Thm 10.3;
+// dual_cone_math.h passes one with eight addition chains).
+template <typename Dot = OrderedDot>
+FASTMTL_HOST_DEVICE inline bool cholesky_factor(double* A, int64_t n, int64_t lda, Dot inner = Dot()) {
   for (int64_t j = 0; j < n; ++j) {
     double* row_j = A + j * lda;
-    const double pivot = row_j[j] - dot(row_j, row_j, j);
+    const double pivot = row_j[j] - inner(row_j, row_j, j);
     if (!(pivot > 0) || !(pivot - pivot == 0)) return false;  // also NaN / Inf
     const double root = std::sqrt(pivot);
     row_j[j] = root;
     for (int64_t i = j + 1; i < n; ++i) {
       double* row_i = A + i * lda;
-      row_i[j] = (row_i[j] - dot(row_i, row_j, j)) / root;
+      row_i[j] = (row_i[j] - inner(row_i, row_j, j)) / root;
     }
   }
   return true;

@@ -83,25 +83,16 @@ FASTMTL_HOST_DEVICE inline double abs_dot_chains(const double* x, const double* 
   return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
 }
 
-// dense_math.h's cholesky_factor and cholesky_solve with dot_chains (the same steps and failure test;
-// both are backward stable whatever the order of their inner sums, Higham Thm 10.3, 8.5).
-FASTMTL_HOST_DEVICE inline bool cholesky_factor_chains(double* A, int64_t n, int64_t lda) {
-  for (int64_t j = 0; j < n; ++j) {
-    double* row_j = A + j * lda;
-    const double pivot = row_j[j] - dot_chains(row_j, row_j, j);
-    if (!(pivot > 0) || !(pivot - pivot == 0)) return false;  // also NaN / Inf
-    const double root = std::sqrt(pivot);
-    row_j[j] = root;
-    for (int64_t i = j + 1; i < n; ++i) {
-      double* row_i = A + i * lda;
-      row_i[j] = (row_i[j] - dot_chains(row_i, row_j, j)) / root;
-    }
+// dot_chains as the inner product of dense_math.h's cholesky_factor.
+struct ChainedDot {
+  FASTMTL_HOST_DEVICE double operator()(const double* x, const double* y, int64_t n) const {
+    return dot_chains(x, y, n);
   }
-  return true;
-}
+};
 
-// Solve L L^T x = b in place; the backward substitution runs by rows of L (contiguous, no
-// addition chain) rather than by its columns.
+// dense_math.h's cholesky_solve with dot_chains (backward stable whatever the order of its inner
+// sums, Higham Thm 8.5); the backward substitution runs by rows of L (contiguous, no addition
+// chain) rather than by its columns.
 FASTMTL_HOST_DEVICE inline void cholesky_solve_chains(const double* L, int64_t n, int64_t lda, double* b) {
   for (int64_t i = 0; i < n; ++i) b[i] = (b[i] - dot_chains(L + i * lda, b, i)) / L[i * lda + i];
   for (int64_t i = n - 1; i >= 0; --i) {
@@ -178,7 +169,7 @@ FASTMTL_HOST_DEVICE inline double candidate_violation(const double* A, int64_t T
       for (int64_t b = 0; b <= a; ++b) r.factor[a * n + b] = row[static_cast<int64_t>(r.index[b])];
       r.work[a] = -r.q[static_cast<int64_t>(r.index[a])];
     }
-    ok = cholesky_factor_chains(r.factor, n, n);
+    ok = cholesky_factor(r.factor, n, n, ChainedDot{});
     if (ok) cholesky_solve_chains(r.factor, n, n, r.work);
   }
   double s_scale = 0;
@@ -281,7 +272,7 @@ FASTMTL_HOST_DEVICE inline void interior_point_start(const double* A, int64_t T,
     const double mu = mean_product(s, w, T);
     for (int64_t e = 0; e < T * T; ++e) r.factor[e] = A[e];
     for (int64_t i = 0; i < T; ++i) r.factor[i * T + i] += w[i] / s[i];
-    if (!cholesky_factor_chains(r.factor, T, T)) break;
+    if (!cholesky_factor(r.factor, T, T, ChainedDot{})) break;
     // Predictor (affine scaling): rhs = -w - residual.
     for (int64_t i = 0; i < T; ++i) r.work[i] = -w[i] - r.residual[i];
     newton_direction(A, T, r);
