@@ -58,9 +58,9 @@ class GO4AlignMethod(LossMethod):
 @register
 class RLW(LossMethod):
     """Random loss weighting (Lin et al. 2022, "Reasonable Effectiveness of Random Weighting"):
-    Σ_t w_t L_t with w = softmax(z), z ~ N(0, I_T) drawn afresh each step, in float64 on the CPU,
-    from ``generator`` (the default CPU generator when None). Scale: weights sum to 1, as
-    LibMTL's RLW."""
+    Σ_t w_t L_t with w = softmax(z), z ~ N(0, I_T) drawn afresh each step, in float64, from
+    ``generator`` on its device (None: the default generator of the losses' device, so a GPU
+    step copies nothing from the host). Scale: weights sum to 1, as LibMTL's RLW."""
 
     name = "rlw"
 
@@ -69,7 +69,9 @@ class RLW(LossMethod):
 
     def loss(self, losses, shared) -> torch.Tensor:
         stacked = torch.stack([loss.reshape(()) for loss in losses])
-        draws = torch.randn(len(losses), generator=self.options["generator"], dtype=torch.float64)
+        generator = self.options["generator"]
+        draws = torch.randn(len(losses), generator=generator, dtype=torch.float64,
+                            device=stacked.device if generator is None else generator.device)
         weights = torch.softmax(draws, 0).to(device=stacked.device, dtype=stacked.dtype)
         return (weights * stacked).sum()
 
