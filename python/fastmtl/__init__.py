@@ -20,13 +20,18 @@ from fastmtl.optim import MTLOptimizer, backward
 from fastmtl._version import __version__
 
 
-def aggregate(G, method="pcgrad", **options):
+def aggregate(G, method="pcgrad", *, losses=None, **options):
     """Combine task gradients G [T, P] into one direction [P] with a method: a name of
     ``fastmtl.methods.available()`` (the README's table describes each) with its options (e.g.
     ``shuffle=False`` for pcgrad, ``leak=0.2`` for graddrop, ``impl=``), or a method object
     from ``fastmtl.methods.create`` (which keeps its state, e.g. GradVac's, across calls).
+    ``losses``: the T task losses, for a method that uses their values (``needs_losses``: IMTL,
+    DB-MTL, MoCo); refused by the others.
     """
-    return methods.create(method, **options)(G)
+    method = methods.create(method, **options)
+    if losses is not None:
+        method.take_losses(losses)
+    return method(G)
 
 
 __all__ = [

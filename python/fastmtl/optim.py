@@ -68,7 +68,9 @@ class MTLOptimizer(torch.optim.Optimizer):
     """Multi-task wrapper around ``optimizer``; see the module docstring.
 
     ``method``: a name of ``fastmtl.methods.available()`` or a method object; ``options`` go to
-    the method. A loss-side method ("cosreg", "go4align", "rlw", "gls") builds one loss to back-propagate.
+    the method. A loss-side method (e.g. "cosreg", "go4align", "uw") builds one loss to back-propagate.
+    A method's learnable tensors (UW's log-variances, IMTL's loss scales) join the wrapped
+    optimizer as a param group of their own, moved to the shared parameters' device.
     ``every=k`` recomputes the task weights of a Gram-space method only every k steps; in
     between, with w fixed, w · G is the gradient of Σ w_t L_t, so those steps run one backward
     pass per group instead of T (the heads still get their plain gradients).
@@ -174,7 +176,18 @@ class MTLOptimizer(torch.optim.Optimizer):
                 self.processes.broadcast_([p.detach() for p in new if not sharded_by_fsdp([p])])
         group = SharedGroup(params, tasks, group_method)
         self.groups.append(group)
+        self._adopt_parameters(group_method)
         return group
+
+    def _adopt_parameters(self, method: methods.Method) -> None:
+        """A method's learnable tensors (UW's log-variances, IMTL's loss scales) train with the
+        model, as in LibMTL: they join the wrapped optimizer as a param group of their own (its
+        defaults: lr, weight decay), on the shared parameters' device."""
+        held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        if not method.parameters() or any(id(p) in held for p in method.parameters()):
+            return
+        method.move_parameters_(self.groups[0].params[0].device)
+        self.optimizer.add_param_group({"params": method.parameters()})
 
     def _columns_multiple(self) -> int:
         """What the group buffers' width is padded to: the number of shards of the sharded reduction."""
@@ -257,6 +270,7 @@ class MTLOptimizer(torch.optim.Optimizer):
             branch_method = group_method if number == 0 and not any(g.method is group_method for g in self.groups) \
                 else group_method.fresh()
             added.append(SharedGroup(copies, tasks, branch_method))
+            self._adopt_parameters(branch_method)
         self.groups = before + added + after
         if self.processes is not None:  # the copies start from rank 0's values
             self.processes.broadcast_([c.detach() for copies, _ in specs for c in copies if not sharded_by_fsdp([c])])
@@ -288,13 +302,16 @@ class MTLOptimizer(torch.optim.Optimizer):
                                  "whole batch: loss-side methods are not supported with a process group")
         if self.every > 1 and method.family != "gram":
             raise ValueError(f"every={self.every} needs a Gram-space weighting method, and {method.name!r} is not one")
+        if method.needs_losses and (self.every > 1 or self.processes is not None):
+            raise ValueError(f"method {method.name!r} uses the values of each step's losses: every > 1 (weights reused "
+                             "across steps) and process groups (each rank's losses differ) are not supported with it")
 
     def _shared_params(self) -> list[torch.nn.Parameter]:
         return [p for group in self.groups for p in group.trainable()]
 
     def _heads(self) -> list[torch.nn.Parameter]:
-        """The wrapped optimizer's trainable parameters that no shared group holds."""
-        shared = {id(p) for group in self.groups for p in group.params}
+        """The wrapped optimizer's trainable parameters that no shared group or method holds."""
+        shared = {id(p) for group in self.groups for p in group.params + group.method.parameters()}
         return [p for group in self.optimizer.param_groups for p in group["params"]
                 if p.requires_grad and id(p) not in shared]
 
@@ -365,6 +382,9 @@ class MTLOptimizer(torch.optim.Optimizer):
                              "on the feature gradients coordinate by coordinate, and the ranks hold different samples")
         if self.method.family == "loss":
             return self._backward_loss(losses, scaler)
+        for group in self.groups:  # the unscaled values, before a GradScaler's scaling
+            if group.method.needs_losses:
+                group.method.take_losses([losses[t] for t in group.task_indices(len(losses))])
         scale = None
         if scaler is not None and scaler.is_enabled():
             losses = [scaler.scale(loss) for loss in losses]
@@ -466,7 +486,7 @@ class MTLOptimizer(torch.optim.Optimizer):
         with all_or_nothing(self._shared_params(), self._heads()), self._method_states_kept_on_error():
             total = self.method.loss(losses, self._shared_params())
             scaled = scaler.scale(total) if scaler is not None and scaler.is_enabled() else total
-            scaled.backward(inputs=self._shared_params() + self._heads())
+            scaled.backward(inputs=self._shared_params() + self._heads() + self.method.parameters())
         return total.detach()
 
     # ----- state ------------------------------------------------------------------------------
@@ -579,6 +599,8 @@ def backward(losses, shared, method="pcgrad", **options) -> torch.Tensor:
     if method.family == "loss":
         raise ValueError(f"method {method.name!r} works on the losses: use MTLOptimizer, or back-propagate "
                          "the loss it builds")
+    if method.needs_losses:
+        method.take_losses(losses)
     group = SharedGroup(shared_parameter_list(shared), None, method)
     if not group.trainable():
         raise ValueError("every shared parameter is frozen (requires_grad=False): there is nothing to aggregate")

@@ -10,6 +10,13 @@ Three families, by what the method needs to see:
 * ``LossMethod``: builds one loss from the task losses (CosReg, GO4Align); it never sees G, so
   it has no ``aggregate(G)`` form and MTLOptimizer runs one backward of the loss it builds.
 
+Two optional traits cut across the families. ``needs_losses``: a G-method whose weights also
+depend on the values of the task losses (IMTL's loss scales, DB-MTL's log losses) gets them from
+``take_losses(losses)`` before each call (MTLOptimizer does it; ``fastmtl.aggregate(G, method,
+losses=...)`` too). ``parameters()``: learnable tensors of the method (UW's log-variances, IMTL's
+loss scales) that train with the model, as in LibMTL: MTLOptimizer adds them to the wrapped
+optimizer as a param group of their own; a method's step sets or accumulates their ``.grad``.
+
 Every G-method is called as ``method(G) -> [P]``. The registry maps names to classes.
 """
 
@@ -67,9 +74,41 @@ class Method(abc.ABC):
 
     name: ClassVar[str]
     family: ClassVar[str]  # "gram", "elementwise" or "loss"
+    needs_losses: ClassVar[bool] = False  # True: take_losses() before each call (see the module docstring)
 
     def __init__(self, **options):
         self.options = options
+        self._losses: torch.Tensor | None = None
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The method's learnable tensors (leaf tensors that require grad); none by default."""
+        return []
+
+    def move_parameters_(self, device: torch.device) -> None:
+        """Moves the learnable tensors to ``device`` in place (the same objects, so an optimizer
+        holding them keeps them): MTLOptimizer puts them where the shared parameters are."""
+        for p in self.parameters():
+            p.data = p.data.to(device)
+
+    def take_losses(self, losses) -> None:
+        """The task losses of this step (detached), for a method that ``needs_losses``."""
+        if not self.needs_losses:
+            raise ValueError(f"{self.name} does not use the task losses")
+        stacked = losses if isinstance(losses, torch.Tensor) else torch.stack([loss.reshape(()) for loss in losses])
+        if stacked.dim() != 1 or stacked.numel() == 0:
+            raise ValueError(f"{self.name}: losses must be one scalar per task, got shape {tuple(stacked.shape)}")
+        self._losses = stacked.detach()
+
+    def losses_for(self, T: int) -> torch.Tensor:
+        """This step's losses (from ``take_losses``), checked against the T rows of G; each call
+        consumes them, so a step never reuses the previous step's losses by mistake."""
+        losses, self._losses = self._losses, None
+        if losses is None:
+            raise ValueError(f"{self.name} needs the task losses of the step: use MTLOptimizer, or "
+                             f"fastmtl.aggregate(G, {self.name!r}, losses=[...])")
+        if losses.numel() != T:
+            raise ValueError(f"{self.name}: got {losses.numel()} losses for the {T} rows of G")
+        return losses
 
     def fresh(self) -> Method:
         """The same method with the same options and a new, empty state."""
