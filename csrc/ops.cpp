@@ -30,6 +30,10 @@ TORCH_LIBRARY(fastmtl, m) {
   // A = K / trace(K) + reg_eps I (K = 0 when its trace is below norm_eps): V [m, T].
   m.def("dual_cone_weights(Tensor gram, Tensor U, float norm_eps, float reg_eps) -> Tensor");
   m.def("cagrad_weights(Tensor gram, float c, int rescale, float norm_eps, int max_iters, float tol) -> Tensor");
+  // MoDo / SDMGrad: n_iter projected (momentum) descent steps of the simplex weights w [T] from the
+  // stored w and the preference target [T]: [new w | weights], float64 [2 T].
+  m.def("simplex_descent_weights(Tensor gram, Tensor w, Tensor target, float lr, float momentum, float rho, "
+        "float lambda_, int n_iter, bool normalize) -> Tensor");
   // out = weights . grads, in grads' dtype.
   m.def("combine(Tensor grads, Tensor weights) -> Tensor");
   m.def("combine_into(Tensor grads, Tensor weights, Tensor(a!) out) -> ()");

@@ -218,7 +218,7 @@ def test_no_host_synchronisation():
 
 
 # Options for T = 4 tasks: required ones (torchjd's aggregators), and a shorter MGDA.
-SYNC_FREE_OPTIONS = {"mgda": {"max_iters": 50}, "constant": {"weights": [1.0, 2.0, 3.0, 4.0]},
+SYNC_FREE_OPTIONS = {"mgda": {"max_iters": 50}, "constant": {"weights": [1.0, 2.0, 3.0, 4.0]}, "crmogm": {"base": "mgda"},
                      "krum": {"n_byzantine": 0}, "trimmed_mean": {"trim_number": 1}}
 # ConFIG solves with torch.linalg.pinv, whose error check syncs (documented in its module).
 SYNCING = {"config"}

@@ -22,19 +22,23 @@ from fastmtl import methods
 # linearly independent (T <= P, as in these inputs).
 NON_CONFLICTING = {"mgda", "upgrad", "dualproj", "nash_mtl", "config"}
 PERMUTATION_INVARIANT = {"sum", "mean", "mgda", "imtl_g", "aligned_mtl", "upgrad", "dualproj", "nash_mtl", "cagrad",
-                         "graddrop", "krum", "trimmed_mean", "config"}
+                         "graddrop", "krum", "trimmed_mean", "config", "modo", "sdmgrad", "crmogm", "excess_mtl"}
 SCALE_LINEAR = {"sum", "mean", "pcgrad", "graddrop", "mgda", "imtl_g", "aligned_mtl", "upgrad", "dualproj", "cagrad",
-                "gradvac", "random", "constant", "krum", "trimmed_mean", "config"}
+                "gradvac", "random", "constant", "krum", "trimmed_mean", "config", "sdmgrad", "crmogm"}
+# d(cG) = d(G): Nash-MTL (α ∝ 1/c). The others are neither: MoDo's step γ(Kλ + ρλ) and ExcessMTL's
+# first-step excess risks grow with c, so their weights change with the scale of G.
+SCALE_INVARIANT = {"nash_mtl"}
 # d for a single task g (options below): the multiple of g, or "unit" for g/|g|; None: the method
 # refuses one task (ValueError), as torchjd (Krum needs T >= n_byzantine + 3, TrimmedMean T >= 2 k + 1).
 SINGLE_TASK = {"sum": 1.0, "mean": 1.0, "pcgrad": 1.0, "graddrop": 1.0, "mgda": 1.0, "imtl_g": 1.0,
                "aligned_mtl": 1.0, "upgrad": 1.0, "dualproj": 1.0, "cagrad": 1.5, "gradvac": 1.0, "nash_mtl": "unit",
-               "random": 1.0, "constant": 0.5, "krum": None, "trimmed_mean": None, "config": 1.0}
+               "random": 1.0, "constant": 0.5, "krum": None, "trimmed_mean": None, "config": 1.0, "modo": 1.0,
+               "sdmgrad": 1.0, "crmogm": 1.0, "excess_mtl": 1.0}
 GRADIENT_METHODS = sorted(m for m in methods.available() if methods.method_class(m).family != "loss")
 # Deterministic options: index order for the order-dependent methods, a fixed stream for GradDrop.
 OPTIONS = {"pcgrad": {"shuffle": False}, "gradvac": {"shuffle": False}, "cagrad": {"c": 0.5},
            "mgda": {"max_iters": 5000, "epsilon": 1e-14}, "krum": {"n_byzantine": 0, "n_selected": 2},
-           "trimmed_mean": {"trim_number": 1}}
+           "trimmed_mean": {"trim_number": 1}, "crmogm": {"base": "upgrad"}}
 # Relative accuracy of each method's solve on well-conditioned float64 input: exact methods to
 # rounding (a few hundred ulps through a T×T solve), iterative ones to their stopping rule.
 SOLVE_RTOL = {"cagrad": 1e-5, "mgda": 1e-7}
@@ -107,8 +111,16 @@ def test_scale(method):
         rtol += 4 * G.shape[0] * 1e-8 / float(G.norm(dim=1).min()) ** 2
     if method in SCALE_LINEAR:
         assert_close_rel(scaled, 8.0 * d, rtol, method)
-    else:  # Nash-MTL: α ∝ 1/c, the direction stays (then capped at max_norm)
+    elif method in SCALE_INVARIANT:  # Nash-MTL: α ∝ 1/c, the direction stays (then capped at max_norm)
         assert_close_rel(scaled, d, 1e-10, method)
+    else:  # neither: the claim "not scale-linear" must hold too, else the matrix under-reports.
+        # |g|² ~ 300 here would push MoDo's λ to a vertex of the simplex, where w stays put whatever
+        # the scale: a smaller G (a power of two again) keeps it inside.
+        G = G / 64
+        d, scaled = run(method, G), run(method, 8.0 * G)
+        assert torch.isfinite(scaled).all()
+        assert (scaled - 8.0 * d).abs().max() > 1e-6 * scaled.abs().max(), method
+        assert (scaled - d).abs().max() > 1e-6 * scaled.abs().max(), method
 
 
 @pytest.mark.parametrize("method", GRADIENT_METHODS)

@@ -38,6 +38,9 @@ def cases():
     yield "aligned_mtl_weights", (K.double(), "median")
     yield "aligned_mtl_weights", (K, "min")
     yield "gradvac_weights", (K.double(), torch.rand(4, 4, dtype=torch.float64), order, 0.5, 1e-8)
+    uniform = torch.full((4,), 0.25, dtype=torch.float64)
+    yield "simplex_descent_weights", (K.double(), uniform, uniform, 10.0, 0.5, 0.0, 0.3, 20, True)  # SDMGrad
+    yield "simplex_descent_weights", (K, uniform.float(), uniform, 0.1, 0.0, 0.1, 0.0, 1, False)  # MoDo
     yield "gradvac_weights", (K, torch.zeros(4, 4), None, 0.0, 1e-3)
     yield "dual_cone_weights", (K.double(), torch.eye(4, dtype=torch.float64) / 4, 1e-4, 1e-4)
     yield "dual_cone_weights", (K, torch.full((1, 4), 0.25, dtype=torch.float64), 1e-3, 1e-2)

@@ -68,6 +68,14 @@ def _gradvac_weights_fake(gram, targets, order, beta, eps):
     return gram.new_empty((tasks,), dtype=torch.float64), gram.new_empty((tasks, tasks), dtype=torch.float64)
 
 
+@torch.library.register_fake("fastmtl::simplex_descent_weights")
+def _simplex_descent_weights_fake(gram, w, target, lr, momentum, rho, lambda_, n_iter, normalize):
+    _square(gram)
+    tasks = gram.shape[0]
+    torch._check(w.shape == (tasks,) and target.shape == (tasks,), lambda: f"w and target must be [T] = [{tasks}]")
+    return gram.new_empty((2 * tasks,), dtype=torch.float64)
+
+
 @torch.library.register_fake("fastmtl::dual_cone_weights")
 def _dual_cone_weights_fake(gram, U, norm_eps, reg_eps):
     _square(gram)

@@ -361,6 +361,9 @@ class MTLOptimizer(torch.optim.Optimizer):
             raise ValueError("features() needs the shared representation, a tensor that requires grad")
         if len(self.groups) != 1 or self.groups[0].tasks is not None or self.method.family == "loss":
             raise ValueError("features() works with one shared group used by every task and a gradient method")
+        if not self.groups[0].method.feature_level:
+            raise ValueError(f"method {self.groups[0].method.name!r} works on the parameters' gradients only, not at "
+                             "the feature level")
         leaf = representation.detach().requires_grad_()
         self._features = (representation, leaf)
         return leaf

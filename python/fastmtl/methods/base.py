@@ -75,6 +75,7 @@ class Method(abc.ABC):
     name: ClassVar[str]
     family: ClassVar[str]  # "gram", "elementwise" or "loss"
     needs_losses: ClassVar[bool] = False  # True: take_losses() before each call (see the module docstring)
+    feature_level: ClassVar[bool] = True  # False: needs G's rows over the parameters (MTLOptimizer.features refuses it)
 
     def __init__(self, **options):
         self.options = options

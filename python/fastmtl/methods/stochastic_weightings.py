@@ -90,6 +90,13 @@ def _load_vector(method: str, state: dict, key: str) -> torch.Tensor | None:
     return value.detach().clone()
 
 
+def _kept_on_nan(out: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """The new weights of a simplex_descent_weights output [w | weights], or the previous ones when
+    the op made every output NaN (a non-finite K: a finite K keeps every value finite, as each
+    step is a projection onto the simplex)."""
+    return torch.where(out[0].isnan(), previous, out[:previous.shape[0]])
+
+
 def _check_keys(method: str, state: dict, keys: set[str]) -> None:
     if not isinstance(state, dict) or set(state) != keys:
         raise ValueError(f"{method}: a state_dict with the keys {sorted(keys)} expected, got "
@@ -123,6 +130,13 @@ class MoDo(GramWeighting):
         lam = project_onto_simplex(previous - self.options["gamma"] * step)
         self.lam = torch.where(finite, lam, previous)
         return lam
+
+    def compiled_solve(self, K: torch.Tensor) -> torch.Tensor:  # csrc/include/fastmtl/simplex_descent_math.h
+        previous = _previous(self.lam, K.shape[0], K)
+        out = torch.ops.fastmtl.simplex_descent_weights(K, previous, previous, self.options["gamma"], 0.0,
+                                                        self.options["rho"], 0.0, 1, False)
+        self.lam = _kept_on_nan(out, previous)
+        return out[K.shape[0]:]
 
     def state_dict(self) -> dict:
         return {"lambda": self.lam}
@@ -182,6 +196,14 @@ class SDMGrad(GramWeighting):
             w = project_onto_simplex(w - lr * velocity)
         self.w = torch.where(finite, w, previous)
         return (w + lam * target) / (1 + lam)
+
+    def compiled_solve(self, K: torch.Tensor) -> torch.Tensor:  # csrc/include/fastmtl/simplex_descent_math.h
+        previous = _previous(self.w, K.shape[0], K)
+        out = torch.ops.fastmtl.simplex_descent_weights(
+            K, previous, self._preference(K), self.options["lr"], self.options["momentum"], 0.0,
+            self.options["lambda_"], self.options["n_iter"], True)
+        self.w = _kept_on_nan(out, previous)
+        return out[K.shape[0]:]
 
     def state_dict(self) -> dict:
         return {"w": self.w}
@@ -315,6 +337,7 @@ class ExcessMTL(ElementwiseMethod):
     undivided first step)."""
 
     name = "excess_mtl"
+    feature_level = False  # Ê sums over the parameters; feature gradients are per sample
     _KEYS = ("root", "weights", "baseline", "warmup_sum", "count")
 
     def __init__(self, *, robust_step_size: float = 1.0, n_warmup_steps: int = 0, impl: str = "auto"):

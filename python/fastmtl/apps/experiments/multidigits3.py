@@ -7,8 +7,8 @@ one head per task with a hidden ReLU layer of 64 (``head_hidden``; 0: linear hea
 multi-task arm learns the parity task: ~0.55-0.6 test accuracy against ~0.82 single-task, so Δm is
 that one task's gap and its seed noise).
 Arms: every gradient method of ``fastmtl.methods.available()`` at parameter level (``METHOD``)
-and at feature level (``METHOD_feature``, via ``opt.features(z)``), and the loss-side methods
-(cosreg, go4align, rlw, gls) at parameter level. Single-task baselines (one model per task, same backbone,
+and, where it has a feature-level form, at feature level (``METHOD_feature``, via
+``opt.features(z)``), and the loss-side methods at parameter level. Single-task baselines (one model per task, same backbone,
 same steps) are trained for every seed. Metrics: ``delta_m`` (Δm% of the test accuracies against
 the single-task ones, lower is better), ``fd`` (FD of the trained encoder's representation on a
 test batch), ``conflict`` (share of task pairs with a negative gradient cosine on the encoder,
@@ -31,7 +31,8 @@ from fastmtl.apps.experiments.registry import Experiment, register
 
 GRADIENT_METHODS = tuple(name for name in methods.available() if methods.method_class(name).family != "loss")
 LOSS_METHODS = tuple(name for name in methods.available() if methods.method_class(name).family == "loss")
-ARMS = GRADIENT_METHODS + tuple(f"{name}_feature" for name in GRADIENT_METHODS) + LOSS_METHODS
+FEATURE_METHODS = tuple(name for name in GRADIENT_METHODS if methods.method_class(name).feature_level)
+ARMS = GRADIENT_METHODS + tuple(f"{name}_feature" for name in FEATURE_METHODS) + LOSS_METHODS
 TASKS = [mt.Task(10), mt.Task(10), mt.Task(2)]
 WIDTH = 32 * 2 * 4  # the representation z: 32 channels on a 2×4 grid
 
@@ -111,7 +112,8 @@ EXPERIMENT = register(Experiment(
                  "options": {"go4align": {"n_groups": 2},
                              # torchjd's aggregators with required options (T = 3 tasks)
                              "constant": {"weights": [1.0, 1.0, 1.0]}, "krum": {"n_byzantine": 0},
-                             "trimmed_mean": {"trim_number": 1}}},
+                             "trimmed_mean": {"trim_number": 1},
+                             "crmogm": {"base": "mgda"}}},
     quick_config={"train_pairs": 5_000, "test_pairs": 2_000, "steps": 60, "conflict_batches": 4},
     summary=summary,
     curve_label="training loss (sum over tasks)",
