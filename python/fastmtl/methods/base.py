@@ -80,6 +80,7 @@ class Method(abc.ABC):
     def __init__(self, **options):
         self.options = options
         self._losses: torch.Tensor | None = None
+        self._grad_scale: torch.Tensor | None = None
 
     def parameters(self) -> list[torch.Tensor]:
         """The method's learnable tensors (leaf tensors that require grad); none by default."""
@@ -91,14 +92,18 @@ class Method(abc.ABC):
         for p in self.parameters():
             p.data = p.data.to(device)
 
-    def take_losses(self, losses) -> None:
-        """The task losses of this step (detached), for a method that ``needs_losses``."""
+    def take_losses(self, losses, scale: torch.Tensor | None = None) -> None:
+        """The task losses of this step (detached, unscaled), for a method that ``needs_losses``.
+        ``scale``: the GradScaler's scale of this step (a device tensor), or None: a method that
+        writes its parameters' ``.grad`` itself multiplies by it, as a scaled backward would, so
+        that the scaler's ``unscale_`` gives the true gradient (IMTL's loss scales)."""
         if not self.needs_losses:
             raise ValueError(f"{self.name} does not use the task losses")
         stacked = losses if isinstance(losses, torch.Tensor) else torch.stack([loss.reshape(()) for loss in losses])
         if stacked.dim() != 1 or stacked.numel() == 0:
             raise ValueError(f"{self.name}: losses must be one scalar per task, got shape {tuple(stacked.shape)}")
         self._losses = stacked.detach()
+        self._grad_scale = scale
 
     def losses_for(self, T: int) -> torch.Tensor:
         """This step's losses (from ``take_losses``), checked against the T rows of G; each call
