@@ -219,6 +219,8 @@ def test_no_host_synchronisation():
 
 # Options for T = 4 tasks: required ones (torchjd's aggregators), and a shorter MGDA.
 SYNC_FREE_OPTIONS = {"mgda": {"max_iters": 50}, "constant": {"weights": [1.0, 2.0, 3.0, 4.0]}, "crmogm": {"base": "mgda"},
+                     "uw": {"n_tasks": 4}, "gradnorm": {"n_tasks": 4}, "imtl": {"n_tasks": 4}, "famo": {"n_tasks": 4},
+                     "stch": {"warmup_steps": 1},
                      "krum": {"n_byzantine": 0}, "trimmed_mean": {"trim_number": 1}}
 # ConFIG solves with torch.linalg.pinv, whose error check syncs (documented in its module).
 SYNCING = {"config"}
@@ -230,12 +232,15 @@ def test_every_method_and_the_optimizer_without_host_sync(method):
     options = SYNC_FREE_OPTIONS.get(method, {})
     if fastmtl.methods.method_class(method).family != "loss":  # loss-side methods have no aggregate(G)
         G = cuda(random_gradients(4, 10_000, seed=3))
+        if fastmtl.methods.method_class(method).needs_losses:
+            options = {**options, "losses": torch.linspace(0.5, 2.0, 4, device="cuda")}
         fastmtl.aggregate(G, method, **options)  # warm up
         torch.cuda.set_sync_debug_mode("error")
         try:
             fastmtl.aggregate(G, method, **options)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+    options.pop("losses", None)
     net = torch.nn.Linear(8, 4).cuda()
     opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), method if method != "graddrop" else "pcgrad",
                                shared=net.parameters(), **options)

@@ -22,23 +22,28 @@ from fastmtl import methods
 # linearly independent (T <= P, as in these inputs).
 NON_CONFLICTING = {"mgda", "upgrad", "dualproj", "nash_mtl", "config"}
 PERMUTATION_INVARIANT = {"sum", "mean", "mgda", "imtl_g", "aligned_mtl", "upgrad", "dualproj", "nash_mtl", "cagrad",
-                         "graddrop", "krum", "trimmed_mean", "config", "modo", "sdmgrad", "crmogm", "excess_mtl"}
+                         "graddrop", "krum", "trimmed_mean", "config", "modo", "sdmgrad", "crmogm", "excess_mtl",
+                         "db_mtl", "moco", "imtl"}
 SCALE_LINEAR = {"sum", "mean", "pcgrad", "graddrop", "mgda", "imtl_g", "aligned_mtl", "upgrad", "dualproj", "cagrad",
-                "gradvac", "random", "constant", "krum", "trimmed_mean", "config", "sdmgrad", "crmogm"}
+                "gradvac", "random", "constant", "krum", "trimmed_mean", "config", "sdmgrad", "crmogm", "imtl", "db_mtl"}
 # d(cG) = d(G): Nash-MTL (α ∝ 1/c). The others are neither: MoDo's step γ(Kλ + ρλ) and ExcessMTL's
 # first-step excess risks grow with c, so their weights change with the scale of G.
-SCALE_INVARIANT = {"nash_mtl"}
+SCALE_INVARIANT = {"nash_mtl", "moco"}  # MoCo: each gradient rescaled to its loss value
 # d for a single task g (options below): the multiple of g, or "unit" for g/|g|; None: the method
 # refuses one task (ValueError), as torchjd (Krum needs T >= n_byzantine + 3, TrimmedMean T >= 2 k + 1).
 SINGLE_TASK = {"sum": 1.0, "mean": 1.0, "pcgrad": 1.0, "graddrop": 1.0, "mgda": 1.0, "imtl_g": 1.0,
                "aligned_mtl": 1.0, "upgrad": 1.0, "dualproj": 1.0, "cagrad": 1.5, "gradvac": 1.0, "nash_mtl": "unit",
                "random": 1.0, "constant": 0.5, "krum": None, "trimmed_mean": None, "config": 1.0, "modo": 1.0,
-               "sdmgrad": 1.0, "crmogm": 1.0, "excess_mtl": 1.0}
+               "sdmgrad": 1.0, "crmogm": 1.0, "excess_mtl": 1.0, "imtl": 1.0,
+               # with the loss of run() (L = 1.5 for one task): DB-MTL's first EMA step (1 - β) g / (L + eps)
+               # with β = 0; MoCo's β L g/|g| with β = 1 (eps negligible: OPTIONS)
+               "db_mtl": 1 / 1.5, "moco": "1.5-unit"}
 GRADIENT_METHODS = sorted(m for m in methods.available() if methods.method_class(m).family != "loss")
 # Deterministic options: index order for the order-dependent methods, a fixed stream for GradDrop.
 OPTIONS = {"pcgrad": {"shuffle": False}, "gradvac": {"shuffle": False}, "cagrad": {"c": 0.5},
            "mgda": {"max_iters": 5000, "epsilon": 1e-14}, "krum": {"n_byzantine": 0, "n_selected": 2},
-           "trimmed_mean": {"trim_number": 1}, "crmogm": {"base": "upgrad"}}
+           "trimmed_mean": {"trim_number": 1}, "crmogm": {"base": "upgrad"}, "db_mtl": {"beta": 0.0, "eps": 1e-30},
+           "moco": {"beta": 1.0, "eps": 1e-30}}  # eps above float32's smallest normal
 # Relative accuracy of each method's solve on well-conditioned float64 input: exact methods to
 # rounding (a few hundred ulps through a T×T solve), iterative ones to their stopping rule.
 SOLVE_RTOL = {"cagrad": 1e-5, "mgda": 1e-7}
@@ -50,6 +55,13 @@ def run(method, G, seed=0):
         options["generator"] = torch.Generator().manual_seed(seed)
     if method == "constant":  # one weight per task, not all equal (0.5 for a single task)
         options["weights"] = torch.linspace(0.5, 2.0, G.shape[0]).tolist()
+    if method == "imtl":  # its learnable loss scales s, one per task (fresh: s = 0)
+        options["n_tasks"] = G.shape[0]
+    if methods.method_class(method).needs_losses:
+        # One loss per task, a function of its own row (so permuting the tasks permutes the losses)
+        # that ignores G's scale (so scaling G does not change them): 1.5 for a single task.
+        norms = G.double().norm(dim=1)
+        options["losses"] = 0.5 + norms / norms.max().clamp_min(1e-300)
     return fastmtl.aggregate(G, method, **options)
 
 
@@ -130,7 +142,9 @@ def test_single_task(method):
         with pytest.raises(ValueError, match=method):
             run(method, g)
         return
-    expected = g[0] / g[0].norm() if SINGLE_TASK[method] == "unit" else SINGLE_TASK[method] * g[0]
+    unit = g[0] / g[0].norm()
+    expected = {"unit": unit, "1.5-unit": 1.5 * unit}.get(SINGLE_TASK[method], None)
+    expected = SINGLE_TASK[method] * g[0] if expected is None else expected
     assert_close_rel(run(method, g), expected, 1e-12, method)
 
 

@@ -24,6 +24,10 @@ COMPILED = {
     "gradvac": ("gradvac_weights", {"aten.detach", "aten.zeros", "aten.rand", "aten.sort", "aten.select", "aten.isnan",
                                     "aten.where"}),
     "pcgrad": ("pcgrad_weights", {"aten.detach", "aten.rand", "aten.sort"}),
+    "modo": ("simplex_descent_weights", {"aten.detach", "aten.full", "aten.slice", "aten.select", "aten.isnan",
+                                         "aten.where"}),
+    "sdmgrad": ("simplex_descent_weights", {"aten.detach", "aten.full", "aten.slice", "aten.select", "aten.isnan",
+                                            "aten.where"}),
 }
 
 
@@ -48,11 +52,14 @@ def logged_weights(method, K):
 # Gram-space methods without a compiled solve: no solve (sum, mean, random, constant), or one
 # that is not a fused op yet (Krum's selection, ConFIG's pinv: torch ops).
 WITHOUT_OP = {"sum", "mean", "random", "constant", "krum", "config"}
+# Gram-space methods whose solve is another method's op: CR-MOGM averages its base's weights, IMTL
+# runs IMTL-G's op on the loss-scaled K (tests/test_stochastic_weightings.py, test_libmtl_weightings.py).
+BORROWED_OP = {"crmogm", "imtl"}
 
 
 def test_every_gram_method_with_an_op_is_listed():
     gram_methods = {m for m in fastmtl.methods.available() if fastmtl.methods.method_class(m).family == "gram"}
-    assert gram_methods - WITHOUT_OP == set(COMPILED)
+    assert gram_methods - WITHOUT_OP - BORROWED_OP == set(COMPILED)
 
 
 @pytest.mark.parametrize("name", sorted(COMPILED))
@@ -86,3 +93,13 @@ def test_torch_path_calls_no_compiled_op(name):
     G = torch.randn(5, 20, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     _, calls = logged_weights(fastmtl.methods.create(name, impl="torch"), G @ G.T)
     assert not [call for call in calls if call.startswith("fastmtl.")], calls
+
+
+def test_borrowed_ops_run_once():
+    G = torch.randn(4, 9, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    imtl = fastmtl.methods.create("imtl", n_tasks=4, impl="cpp")
+    imtl.take_losses(torch.linspace(0.5, 2.0, 4, dtype=torch.float64))
+    crmogm = fastmtl.methods.create("crmogm", base="upgrad", impl="cpp")
+    for method, op in ((imtl, "fastmtl.imtl_g_weights"), (crmogm, "fastmtl.dual_cone_weights")):
+        w, calls = logged_weights(method, G @ G.T)
+        assert calls.count(op) == 1 and torch.isfinite(w).all(), (method.name, calls)

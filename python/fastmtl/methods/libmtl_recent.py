@@ -104,6 +104,7 @@ class DBMTL(ElementwiseMethod):
 
     name = "db_mtl"
     needs_losses = True
+    feature_level = False  # whole parameter-level rows of G
 
     def __init__(self, *, beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8):
         super().__init__(beta=_options.real(self.name, "beta", beta, low=0.0, high=1.0),
@@ -174,6 +175,7 @@ class MoCo(ElementwiseMethod):
 
     name = "moco"
     needs_losses = True
+    feature_level = False  # whole parameter-level rows of G
 
     def __init__(self, *, beta: float = 0.5, beta_sigma: float = 0.5, gamma: float = 0.1, gamma_sigma: float = 0.5,
                  rho: float = 0.0, lambda_map: str = "projection", eps: float = 1e-8):
