@@ -30,6 +30,10 @@ TORCH_LIBRARY(fastmtl, m) {
   // A = K / trace(K) + reg_eps I (K = 0 when its trace is below norm_eps): V [m, T].
   m.def("dual_cone_weights(Tensor gram, Tensor U, float norm_eps, float reg_eps) -> Tensor");
   m.def("cagrad_weights(Tensor gram, float c, int rescale, float norm_eps, int max_iters, float tol) -> Tensor");
+  // PCD: the weights from K, the normalising scales [T] and the secondary tasks' taus [T - 1]
+  // (tolerances: csrc/include/fastmtl/pcd_math.h). FairGrad: x > 0 with K x = x^(-1/alpha).
+  m.def("pcd_weights(Tensor gram, Tensor scales, Tensor taus, float tol, float dependence_tol, float precision) -> Tensor");
+  m.def("fairgrad_weights(Tensor gram, float alpha, int max_iters) -> Tensor");
   // out = weights . grads, in grads' dtype.
   m.def("combine(Tensor grads, Tensor weights) -> Tensor");
   m.def("combine_into(Tensor grads, Tensor weights, Tensor(a!) out) -> ()");
