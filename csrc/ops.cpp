@@ -34,6 +34,10 @@ TORCH_LIBRARY(fastmtl, m) {
   // stored w and the preference target [T]: [new w | weights], float64 [2 T].
   m.def("simplex_descent_weights(Tensor gram, Tensor w, Tensor target, float lr, float momentum, float rho, "
         "float lambda_, int n_iter, bool normalize) -> Tensor");
+  // PCD: the weights from K, the normalising scales [T] and the secondary tasks' taus [T - 1]
+  // (tolerances: csrc/include/fastmtl/pcd_math.h). FairGrad: x > 0 with K x = x^(-1/alpha).
+  m.def("pcd_weights(Tensor gram, Tensor scales, Tensor taus, float tol, float dependence_tol, float precision) -> Tensor");
+  m.def("fairgrad_weights(Tensor gram, float alpha, int max_iters) -> Tensor");
   // out = weights . grads, in grads' dtype.
   m.def("combine(Tensor grads, Tensor weights) -> Tensor");
   m.def("combine_into(Tensor grads, Tensor weights, Tensor(a!) out) -> ()");

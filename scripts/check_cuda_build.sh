@@ -43,7 +43,7 @@ assert fastmtl.HAS_EXT, fastmtl.IMPORT_ERROR
 assert fastmtl.HAS_CUDA, "fastmtl._C was built without CUDA kernels"
 for op in ("gram", "gram_rescue", "pcgrad_weights", "combine", "combine_into", "graddrop", "mgda_weights",
            "nash_mtl_weights", "imtl_g_weights", "aligned_mtl_weights", "gradvac_weights", "dual_cone_weights",
-           "cagrad_weights"):
+           "cagrad_weights", "pcd_weights", "fairgrad_weights", "simplex_descent_weights"):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastmtl::{op}", "CUDA"), op
 G = torch.randn(3, 100)
 assert torch.allclose(fastmtl.gram(G), G @ G.T, atol=1e-4)  # the CPU kernels of this build work too

@@ -46,6 +46,11 @@ def cases():
     yield "dual_cone_weights", (K, torch.full((1, 4), 0.25, dtype=torch.float64), 1e-3, 1e-2)
     yield "cagrad_weights", (K.double(), 0.5, 0, 1e-4, 12, 1e-12)
     yield "cagrad_weights", (K, 2.0, 1, 1e-4, 12, 0.0)
+    yield "pcd_weights", (K.double(), torch.rand(4, dtype=torch.float64), torch.full((3,), 0.2, dtype=torch.float64),
+                          1e-9, 1e-9, 2.2e-15)
+    yield "pcd_weights", (K, torch.rand(4), torch.rand(3), 1e-9, 1e-6, 1.2e-6)
+    yield "fairgrad_weights", (K.double(), 1.0, 100)
+    yield "fairgrad_weights", (K, 0.5, 20)
     yield "cluster_tasks", (torch.eye(4), 2, None, "average")
     yield "cluster_tasks", (torch.eye(4), None, 0.5, "single")
 

@@ -56,7 +56,8 @@ def _weights_fake(gram, *options):
     return gram.new_empty((gram.shape[0],), dtype=torch.float64)
 
 
-for _name in ("mgda_weights", "nash_mtl_weights", "imtl_g_weights", "aligned_mtl_weights", "cagrad_weights"):
+for _name in ("mgda_weights", "nash_mtl_weights", "imtl_g_weights", "aligned_mtl_weights", "cagrad_weights",
+              "fairgrad_weights"):
     torch.library.register_fake(f"fastmtl::{_name}")(_weights_fake)
 
 
@@ -81,3 +82,12 @@ def _dual_cone_weights_fake(gram, U, norm_eps, reg_eps):
     _square(gram)
     torch._check(U.dim() == 2 and U.shape[1] == gram.shape[0], lambda: f"U must be [m, T], got {U.shape}")
     return gram.new_empty(U.shape, dtype=torch.float64)
+
+
+@torch.library.register_fake("fastmtl::pcd_weights")
+def _pcd_weights_fake(gram, scales, taus, tol, dependence_tol, precision):
+    _square(gram)
+    tasks = gram.shape[0]
+    torch._check(scales.dim() == 1 and scales.shape[0] == tasks, lambda: f"scales must be [T], got {scales.shape}")
+    torch._check(taus.dim() == 1 and taus.shape[0] == tasks - 1, lambda: f"taus must be [T - 1], got {taus.shape}")
+    return gram.new_empty((tasks,), dtype=torch.float64)

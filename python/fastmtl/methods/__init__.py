@@ -16,7 +16,7 @@ from fastmtl.methods.base import (
     method_class,
     register,
 )
-from fastmtl.methods import basic, cagrad, dual_cone, graddrop, gradvac, gram_space, libmtl_recent, libmtl_weightings, loss_side, nash_mtl, pcgrad, peers_torchjd, stochastic_weightings  # noqa: E402,F401,I001  (register the methods)
+from fastmtl.methods import basic, cagrad, dual_cone, graddrop, gradvac, gram_space, libmtl_recent, libmtl_weightings, loss_side, nash_mtl, pcd_fairgrad, pcgrad, peers_torchjd, stochastic_weightings  # noqa: E402,F401,I001  (register the methods)
 
 __all__ = ["ElementwiseMethod", "GramWeighting", "LossMethod", "Method", "available", "create", "method_class",
            "register"]
