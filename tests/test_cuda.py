@@ -220,7 +220,7 @@ def test_no_host_synchronisation():
 # Options for T = 4 tasks: required ones (torchjd's aggregators), and a shorter MGDA.
 SYNC_FREE_OPTIONS = {"mgda": {"max_iters": 50}, "constant": {"weights": [1.0, 2.0, 3.0, 4.0]}, "crmogm": {"base": "mgda"},
                      "uw": {"n_tasks": 4}, "gradnorm": {"n_tasks": 4}, "imtl": {"n_tasks": 4}, "famo": {"n_tasks": 4},
-                     "stch": {"warmup_steps": 1},
+                     "stch": {"warmup_steps": 1}, "fairgrad": {"alpha": 1.0},
                      "krum": {"n_byzantine": 0}, "trimmed_mean": {"trim_number": 1}}
 # ConFIG solves with torch.linalg.pinv, whose error check syncs (documented in its module).
 SYNCING = {"config"}

@@ -20,15 +20,17 @@ from fastmtl import methods
 
 # ConFIG: its direction has the same positive projection on every unit task gradient when they are
 # linearly independent (T <= P, as in these inputs).
-NON_CONFLICTING = {"mgda", "upgrad", "dualproj", "nash_mtl", "config"}
+NON_CONFLICTING = {"mgda", "upgrad", "dualproj", "nash_mtl", "config", "fairgrad"}
 PERMUTATION_INVARIANT = {"sum", "mean", "mgda", "imtl_g", "aligned_mtl", "upgrad", "dualproj", "nash_mtl", "cagrad",
                          "graddrop", "krum", "trimmed_mean", "config", "modo", "sdmgrad", "crmogm", "excess_mtl",
-                         "db_mtl", "moco", "imtl"}
+                         "db_mtl", "moco", "imtl", "fairgrad"}
 SCALE_LINEAR = {"sum", "mean", "pcgrad", "graddrop", "mgda", "imtl_g", "aligned_mtl", "upgrad", "dualproj", "cagrad",
-                "gradvac", "random", "constant", "krum", "trimmed_mean", "config", "sdmgrad", "crmogm", "imtl", "db_mtl"}
+                "gradvac", "random", "constant", "krum", "trimmed_mean", "config", "sdmgrad", "crmogm", "imtl", "db_mtl",
+                "pcd"}
 # d(cG) = d(G): Nash-MTL (α ∝ 1/c). The others are neither: MoDo's step γ(Kλ + ρλ) and ExcessMTL's
 # first-step excess risks grow with c, so their weights change with the scale of G.
-SCALE_INVARIANT = {"nash_mtl", "moco"}  # MoCo: each gradient rescaled to its loss value
+# MoCo: each gradient rescaled to its loss value; FairGrad: d(cG) = c^((1-α)/(1+α)) d(G), so α = 1 (OPTIONS).
+SCALE_INVARIANT = {"nash_mtl", "moco", "fairgrad"}
 # d for a single task g (options below): the multiple of g, or "unit" for g/|g|; None: the method
 # refuses one task (ValueError), as torchjd (Krum needs T >= n_byzantine + 3, TrimmedMean T >= 2 k + 1).
 SINGLE_TASK = {"sum": 1.0, "mean": 1.0, "pcgrad": 1.0, "graddrop": 1.0, "mgda": 1.0, "imtl_g": 1.0,
@@ -37,13 +39,14 @@ SINGLE_TASK = {"sum": 1.0, "mean": 1.0, "pcgrad": 1.0, "graddrop": 1.0, "mgda": 
                "sdmgrad": 1.0, "crmogm": 1.0, "excess_mtl": 1.0, "imtl": 1.0,
                # with the loss of run() (L = 1.5 for one task): DB-MTL's first EMA step (1 - β) g / (L + eps)
                # with β = 0; MoCo's β L g/|g| with β = 1 (eps negligible: OPTIONS)
-               "db_mtl": 1 / 1.5, "moco": "1.5-unit"}
+               "db_mtl": 1 / 1.5, "moco": "1.5-unit", "pcd": 1.0, "fairgrad": "unit"}
 GRADIENT_METHODS = sorted(m for m in methods.available() if methods.method_class(m).family != "loss")
 # Deterministic options: index order for the order-dependent methods, a fixed stream for GradDrop.
 OPTIONS = {"pcgrad": {"shuffle": False}, "gradvac": {"shuffle": False}, "cagrad": {"c": 0.5},
            "mgda": {"max_iters": 5000, "epsilon": 1e-14}, "krum": {"n_byzantine": 0, "n_selected": 2},
            "trimmed_mean": {"trim_number": 1}, "crmogm": {"base": "upgrad"}, "db_mtl": {"beta": 0.0, "eps": 1e-30},
-           "moco": {"beta": 1.0, "eps": 1e-30}}  # eps above float32's smallest normal
+           "moco": {"beta": 1.0, "eps": 1e-30},
+           "pcd": {"tau": 0.0, "eps": 0.0}, "fairgrad": {"alpha": 1.0}}  # eps above float32's smallest normal
 # Relative accuracy of each method's solve on well-conditioned float64 input: exact methods to
 # rounding (a few hundred ulps through a T×T solve), iterative ones to their stopping rule.
 SOLVE_RTOL = {"cagrad": 1e-5, "mgda": 1e-7}

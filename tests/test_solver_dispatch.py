@@ -28,7 +28,14 @@ COMPILED = {
                                          "aten.where"}),
     "sdmgrad": ("simplex_descent_weights", {"aten.detach", "aten.full", "aten.slice", "aten.select", "aten.isnan",
                                             "aten.where"}),
+    "fairgrad": ("fairgrad_weights", {"aten.detach"}),
+    # PCD's moving average of the squared norms runs as torch ops before its op.
+    "pcd": ("pcd_weights", {"aten._to_copy", "aten.abs", "aten.add", "aten.all", "aten.detach", "aten.diagonal",
+                            "aten.div", "aten.eq", "aten.full", "aten.gt", "aten.lift_fresh", "aten.mul", "aten.ne",
+                            "aten.pow", "aten.reciprocal", "aten.rsub", "aten.scalar_tensor", "aten.sqrt",
+                            "aten.where", "aten.zeros", "aten.zeros_like"}),
 }
+REQUIRED_OPTIONS = {"fairgrad": {"alpha": 1.0}}
 
 
 class OpLog(TorchDispatchMode):
@@ -66,7 +73,7 @@ def test_every_gram_method_with_an_op_is_listed():
 def test_compiled_path_is_one_op_call(name):
     op, allowed = COMPILED[name]
     G = torch.randn(5, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    method = fastmtl.methods.create(name, impl="cpp")
+    method = fastmtl.methods.create(name, impl="cpp", **REQUIRED_OPTIONS.get(name, {}))
     w, calls = logged_weights(method, G @ G.T)
     assert calls.count(f"fastmtl.{op}") == 1, calls
     assert set(calls) - {f"fastmtl.{op}"} <= allowed, calls
@@ -78,7 +85,7 @@ def test_compiled_path_keeps_the_nan_policy(name):
     # Without the masking ops, the op itself gives all-NaN weights for a non-finite K, and a
     # stateful method keeps its state.
     G = torch.randn(4, 9, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    method = fastmtl.methods.create(name, impl="cpp")
+    method = fastmtl.methods.create(name, impl="cpp", **REQUIRED_OPTIONS.get(name, {}))
     method.weights(G @ G.T)
     state = {key: value.clone() for key, value in method.state_dict().items() if value is not None}
     K = G @ G.T
@@ -91,7 +98,7 @@ def test_compiled_path_keeps_the_nan_policy(name):
 @pytest.mark.parametrize("name", sorted(COMPILED))
 def test_torch_path_calls_no_compiled_op(name):
     G = torch.randn(5, 20, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    _, calls = logged_weights(fastmtl.methods.create(name, impl="torch"), G @ G.T)
+    _, calls = logged_weights(fastmtl.methods.create(name, impl="torch", **REQUIRED_OPTIONS.get(name, {})), G @ G.T)
     assert not [call for call in calls if call.startswith("fastmtl.")], calls
 
 

@@ -113,7 +113,7 @@ EXPERIMENT = register(Experiment(
                              # torchjd's aggregators with required options (T = 3 tasks)
                              "constant": {"weights": [1.0, 1.0, 1.0]}, "krum": {"n_byzantine": 0},
                              "trimmed_mean": {"trim_number": 1},
-                             "crmogm": {"base": "mgda"},
+                             "crmogm": {"base": "mgda"}, "fairgrad": {"alpha": 1.0},
                              # LibMTL's methods with learnable or per-task state (T = 3 tasks); STCH's nadir from
                              # the first 60 of 600 steps, DWA's loss ratios over periods of 20 steps
                              "uw": {"n_tasks": 3}, "gradnorm": {"n_tasks": 3}, "imtl": {"n_tasks": 3},
