@@ -40,11 +40,12 @@ import copy
 import math
 
 import pytest
+import tiny_models
 import torch
 
 import fastmtl
 from fastmtl import methods
-from fastmtl.methods.libmtl_recent import project_simplex
+from fastmtl.methods.stochastic_weightings import project_onto_simplex as project_simplex
 
 U64, U32 = 2.0**-53, 2.0**-24
 
@@ -300,7 +301,7 @@ def famo_oracle(loss_values, gamma, weight_decay, min_losses, eps=1e-8):
         D = L - minimum + eps
         c = (z / D).sum().detach()
         loss = (D.log() * z / c).sum()
-        results.append((float(loss), torch.autograd.grad(loss, L)[0], drift, w.detach().clone()))
+        results.append((float(loss.detach()), torch.autograd.grad(loss, L)[0], drift, w.detach().clone()))
     return results
 
 
@@ -604,32 +605,15 @@ def test_half_inputs_keep_float32_state(name):
 # ----- through MTLOptimizer ---------------------------------------------------------------------
 
 
-class TwoHeads(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.encoder = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 5))
-        self.heads = torch.nn.ModuleList([torch.nn.Linear(5, 1) for _ in range(3)])
-
-    def losses(self, x, y):
-        z = self.encoder(x)
-        return [((head(z).squeeze(1) - y[:, t]) ** 2).mean() for t, head in enumerate(self.heads)]
-
-
 def batch(seed):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(32, 6, generator=gen, dtype=torch.float64), torch.randn(32, 3, generator=gen, dtype=torch.float64)
-
-
-def model():
-    torch.manual_seed(0)
-    return TwoHeads().double()
+    return tiny_models.batch(seed, 32)
 
 
 @pytest.mark.parametrize("name,options", CASES)
 def test_three_steps_through_the_optimizer(name, options):
     # The optimizer's update = SGD with the method on G from torch.autograd.grad (gradient
     # methods, heads: plain gradients of Σ L_t) or on the loss the method builds (loss methods).
-    net, reference = model(), model()
+    net, reference = tiny_models.model(), tiny_models.model()
     opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), name, shared=net.encoder.parameters(),
                                **options)
     twin = methods.create(name, **options)

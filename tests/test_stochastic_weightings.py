@@ -37,6 +37,7 @@ import io
 import math
 
 import pytest
+import tiny_models
 import torch
 from conftest import UNIT_ROUNDOFF, assert_within, weighted_sum_error_bound
 
@@ -597,32 +598,15 @@ def test_a_change_of_T_starts_over():
 # ----- MTLOptimizer ----------------------------------------------------------------------------------
 
 
-class TwoHeads(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.encoder = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 5))
-        self.heads = torch.nn.ModuleList([torch.nn.Linear(5, 1) for _ in range(3)])
-
-    def losses(self, x, y):
-        z = self.encoder(x)
-        return [((head(z).squeeze(1) - y[:, t]) ** 2).mean() for t, head in enumerate(self.heads)]
-
-
-def model():
-    torch.manual_seed(0)
-    return TwoHeads().double()
-
-
-def batch(step):
-    gen = torch.Generator().manual_seed(step)
-    return torch.randn(16, 6, generator=gen, dtype=torch.float64), torch.randn(16, 3, generator=gen, dtype=torch.float64)
+def batch(seed):
+    return tiny_models.batch(seed, 16)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_through_mtl_optimizer(name):
     # Three steps of MTLOptimizer against per-task autograd gradients, the same method object called
     # on G, and SGD; then a checkpoint of the optimizer continues as the uninterrupted run.
-    net, reference = model(), model()
+    net, reference = tiny_models.model(), tiny_models.model()
     opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), name, shared=net.encoder.parameters(),
                                **CASES[name])
     method = methods.create(name, **CASES[name])
@@ -647,7 +631,7 @@ def test_through_mtl_optimizer(name):
         for a, b in zip(net.parameters(), reference.parameters()):
             assert torch.allclose(a, b, rtol=0, atol=1e-12), (name, step)
     state = opt.state_dict()
-    twin = model()
+    twin = tiny_models.model()
     twin.load_state_dict(net.state_dict())
     resumed = fastmtl.MTLOptimizer(torch.optim.SGD(twin.parameters(), lr=0.1), name,
                                    shared=twin.encoder.parameters(), **CASES[name])

@@ -18,6 +18,7 @@ from fastmtl import _validate, functional
 from fastmtl._numerics import accumulate_dtype
 from fastmtl.methods import _options
 from fastmtl.methods.base import ElementwiseMethod, LossMethod, register
+from fastmtl.methods.stochastic_weightings import project_onto_simplex
 
 # ----- shared pieces ---------------------------------------------------------------------------
 
@@ -37,19 +38,6 @@ def _parameter_level(method: str, signs, batch, column_offset) -> None:
 def _decayed(base: float, sigma: float, steps: torch.Tensor) -> torch.Tensor:
     """base / k^sigma for the 1-based step k (a float64 device tensor): LibMTL's step sizes."""
     return base / steps.double() ** sigma
-
-
-def project_simplex(v: torch.Tensor) -> torch.Tensor:
-    """Euclidean projection of v [T] onto the probability simplex, sort-based (Held et al. 1974;
-    Duchi et al. 2008): θ = (Σ_{i<=ρ} u_i - 1) / ρ with u sorted decreasingly and ρ the largest i
-    with u_i > (Σ_{j<=i} u_j - 1) / i; the result is max(v - θ, 0). Fixed shapes, no host sync
-    (ρ is gathered, not read)."""
-    u = v.sort(descending=True).values
-    partial = u.cumsum(0) - 1
-    index = torch.arange(1, v.shape[0] + 1, device=v.device, dtype=v.dtype)
-    rho = (index * (u * index > partial)).max().clamp_min(1)  # >= 1 for finite v; NaN input: 1, no bad index
-    theta = partial.gather(0, (rho - 1).long().reshape(1)) / rho
-    return (v - theta).clamp_min(0)
 
 
 def _moved(state: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -212,7 +200,7 @@ class MoCo(ElementwiseMethod):
         K = torch.where(finite, K, torch.eye(T, dtype=K.dtype, device=K.device))  # no NaN into the sort
         step = lambd - _decayed(o["gamma"], o["gamma_sigma"], k) * ((K + o["rho"] * torch.eye(T, dtype=K.dtype,
                                                                                               device=K.device)) @ lambd)
-        new_lambd = project_simplex(step) if o["lambda_map"] == "projection" else torch.softmax(step, 0)
+        new_lambd = project_onto_simplex(step) if o["lambda_map"] == "projection" else torch.softmax(step, 0)
         direction = functional.combine(new_y, new_lambd).to(G.dtype)
         self.y = torch.where(finite, new_y, y)
         self.lambd = torch.where(finite, new_lambd, lambd)

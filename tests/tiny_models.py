@@ -1,0 +1,27 @@
+"""A tiny multi-task regression model for the tests that train through MTLOptimizer: a shared
+encoder (6 → 8 → 5) and three linear heads, in float64, built from seed 0."""
+
+import torch
+
+
+class ThreeHeads(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 5))
+        self.heads = torch.nn.ModuleList([torch.nn.Linear(5, 1) for _ in range(3)])
+
+    def losses(self, x, y):
+        z = self.encoder(x)
+        return [((head(z).squeeze(1) - y[:, t]) ** 2).mean() for t, head in enumerate(self.heads)]
+
+
+def model() -> ThreeHeads:
+    torch.manual_seed(0)
+    return ThreeHeads().double()
+
+
+def batch(seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs [size, 6] and targets [size, 3] from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(size, 6, generator=gen, dtype=torch.float64),
+            torch.randn(size, 3, generator=gen, dtype=torch.float64))
