@@ -342,7 +342,7 @@ def test_famo_hand_cases():
     # Step 1: z uniform, D = (1, 2): c = 0.5 (1 + 1/2) = 0.75, loss = 0.5 log 2 / 0.75,
     # weights z / (c D) = (2/3, 1/3).
     loss, grad = famo_step(method, torch.tensor([1.0, 2.0], dtype=torch.float64))
-    assert math.isclose(float(loss), 0.5 * math.log(2) / 0.75, rel_tol=1e-7)
+    assert math.isclose(float(loss.detach()), 0.5 * math.log(2) / 0.75, rel_tol=1e-7)
     assert torch.allclose(grad, torch.tensor([2 / 3, 1 / 3], dtype=torch.float64), rtol=1e-7)
     # Step 2: task 0 halves its loss, δ = (log 2, 0): grad ξ = z δ - z (z·δ) = (log 2 / 4, -log 2 / 4);
     # Adam's first step moves each ξ_t by gamma · sign: ξ = (-0.025, 0.025) (the improving task
@@ -361,7 +361,7 @@ def test_famo_single_task():
     method = methods.create("famo", n_tasks=1)
     for value in (2.0, 1.5, 3.0):
         loss, grad = famo_step(method, torch.tensor([value], dtype=torch.float64))
-        assert math.isclose(float(loss), (value + 1e-8) * math.log(value + 1e-8), rel_tol=1e-14)
+        assert math.isclose(float(loss.detach()), (value + 1e-8) * math.log(value + 1e-8), rel_tol=1e-14)
         assert torch.allclose(grad, torch.ones(1, dtype=torch.float64), rtol=1e-14)
     assert torch.equal(method._state["xi"], torch.zeros(1, dtype=torch.float64))  # softmax of one logit: no gradient
 
@@ -386,7 +386,7 @@ def stch_oracle(loss_values, warmup_steps, nadir_steps, mu):
             loss = T * mu * torch.log(sum(torch.exp(x / mu) for x in logs))
             largest = max(abs(float(x)) for x in logs)
             scale = T * (largest + mu * math.log(T) + 3)
-        results.append((float(loss), torch.autograd.grad(loss, L)[0], scale, largest))
+        results.append((float(loss.detach()), torch.autograd.grad(loss, L)[0], scale, largest))
     return results
 
 
@@ -406,7 +406,7 @@ def test_stch_matches_the_oracle_over_steps(warmup_steps, nadir_steps, mu, dtype
         # ratio, the log); the log-sum-exp, times T mu, adds (T + 4) u of its own sum of |terms|:
         # the loss within (4T + 20 + n) u of ``scale``. A weight T softmax_t / L_t errs relatively
         # by 2 (n + 4) u (1 + max|l|) / mu (through exp(l/mu) and its normalisation) + (T + 6) u.
-        assert abs(float(loss) - value) <= 2 * (4 * T + 20 + n) * u * scale, k
+        assert abs(float(loss.detach()) - value) <= 2 * (4 * T + 20 + n) * u * scale, k
         # A softmax term below the smallest normal number may flush to zero: T tiny / L_t absolute.
         rtol = 2 * (2 * (n + 4) * (1 + largest) / mu + T + 6) * u
         atol = T * torch.finfo(dtype).tiny / float(current.min())
@@ -417,18 +417,18 @@ def test_stch_matches_the_oracle_over_steps(warmup_steps, nadir_steps, mu, dtype
 def test_stch_hand_case():
     method = methods.create("stch", warmup_steps=2)
     loss, grad = famo_step(method, torch.tensor([1.0, 4.0], dtype=torch.float64))
-    assert math.isclose(float(loss), math.log(4), rel_tol=1e-12)  # warmup: Σ log L_t
+    assert math.isclose(float(loss.detach()), math.log(4), rel_tol=1e-12)  # warmup: Σ log L_t
     assert torch.allclose(grad, torch.tensor([1.0, 0.25], dtype=torch.float64))
     famo_step(method, torch.tensor([3.0, 2.0], dtype=torch.float64))
     assert torch.allclose(method.nadir(), torch.tensor([2.0, 3.0], dtype=torch.float64))
     # At the nadir: every l_t = 0, loss = T mu log T; weights T · (1/T) / L_t.
     loss, grad = famo_step(method, torch.tensor([2.0, 3.0], dtype=torch.float64))
-    assert math.isclose(float(loss), 2 * math.log(2), rel_tol=1e-12)
+    assert math.isclose(float(loss.detach()), 2 * math.log(2), rel_tol=1e-12)
     assert torch.allclose(grad, torch.tensor([1 / 2, 1 / 3], dtype=torch.float64))
     # Small mu: close to T · max_t l_t, all the weight on the worst task.
     method = methods.create("stch", warmup_steps=0, mu=1e-3)
     loss, grad = famo_step(method, torch.tensor([1.0, math.e], dtype=torch.float64))
-    assert math.isclose(float(loss), 2.0, rel_tol=1e-6)
+    assert math.isclose(float(loss.detach()), 2.0, rel_tol=1e-6)
     assert torch.allclose(grad, torch.tensor([0.0, 2 / math.e], dtype=torch.float64), atol=1e-12)
 
 
@@ -436,7 +436,7 @@ def test_stch_single_task():
     method = methods.create("stch", warmup_steps=1)
     famo_step(method, torch.tensor([4.0], dtype=torch.float64))
     loss, grad = famo_step(method, torch.tensor([2.0], dtype=torch.float64))
-    assert math.isclose(float(loss), math.log(0.5 + 1e-20), rel_tol=1e-14)  # T = 1: mu LSE(l/mu) = l
+    assert math.isclose(float(loss.detach()), math.log(0.5 + 1e-20), rel_tol=1e-14)  # T = 1: mu LSE(l/mu) = l
     assert torch.allclose(grad, torch.tensor([0.5], dtype=torch.float64), rtol=1e-14)
 
 
@@ -588,7 +588,7 @@ def test_nan_loss_value_and_negative_log_argument():
     assert torch.equal(method.lambd, torch.full((2,), 0.5, dtype=torch.float64))
     famo = methods.create("famo", n_tasks=2)
     loss, _ = famo_step(famo, torch.tensor([-1.0, 1.0], dtype=torch.float64))  # D < 0
-    assert math.isnan(float(loss)) and not bool(famo._state["has_prev"])
+    assert math.isnan(float(loss.detach())) and not bool(famo._state["has_prev"])
 
 
 @pytest.mark.parametrize("name", ["db_mtl", "moco"])
