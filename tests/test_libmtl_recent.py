@@ -384,7 +384,7 @@ def stch_oracle(loss_values, warmup_steps, nadir_steps, mu):
         else:
             logs = [torch.log(L[t] / nadir[t] + 1e-20) for t in range(T)]
             loss = T * mu * torch.log(sum(torch.exp(x / mu) for x in logs))
-            largest = max(abs(float(x)) for x in logs)
+            largest = max(abs(float(x.detach())) for x in logs)
             scale = T * (largest + mu * math.log(T) + 3)
         results.append((float(loss.detach()), torch.autograd.grad(loss, L)[0], scale, largest))
     return results
