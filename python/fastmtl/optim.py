@@ -16,6 +16,9 @@ and ``step`` as with a plain optimizer. With ``torch.amp.GradScaler``, pass it:
 ``shared`` is either the shared parameters (one group shared by every task) or a list of
 groups ``{"params": ..., "tasks": [0, 2], "method": ..., **method options}``: each group's
 per-task gradient matrix holds only the rows of its tasks and is combined by its own method.
+``shared="auto"``: one group used by every task, found at the first ``backward`` from the losses'
+autograd graphs: the wrapped optimizer's trainable parameters that two or more task losses reach
+(``opt.shared_parameters()`` lists them; ``engine/autoshare.py`` walks the graphs).
 
 On several processes (``process_group=torch.distributed.group.WORLD``, an unwrapped model, each
 process with its shard of the batch): every gradient the optimizer writes is the average over
@@ -47,6 +50,7 @@ from fastmtl.engine import (
     sharded_by_fsdp,
     task_list,
 )
+from fastmtl.engine.autoshare import reaching_losses
 
 
 def diagnostics_of(K: torch.Tensor, weights: torch.Tensor | None) -> dict:
@@ -76,6 +80,21 @@ class MTLOptimizer(torch.optim.Optimizer):
     pass per group instead of T (the heads still get their plain gradients).
     ``diagnostics=True`` keeps ``last_diagnostics`` after each full backward: task weights,
     cosine matrix, number of conflicting pairs (a list, one per group, with several groups).
+    ``shared="auto"``: the shared group is derived from the graphs of the first ``backward``'s
+    losses, then cached for as long as the model's forward reaches the same parameters: it is
+    derived again when the number of losses changes, when a parameter of the wrapped optimizer
+    is frozen or unfrozen (requires_grad), and when feature mode is switched on or off. A model
+    whose tasks reach other parameters from step to step with none of those changing (a forward
+    that picks a path at random, say) must pass ``shared`` explicitly. In feature mode the group is
+    what the representation reaches (its gradient is the one aggregated); parameters after the
+    representation stay with the heads (plain gradients). A state_dict stores the group (its
+    parameters' positions in the wrapped optimizer), so a restored optimizer reports it and loads
+    its method's state before any backward; its first backward derives the group again from the
+    graphs. ``add_shared_group`` and ``branch`` need the group first (a backward); after them the
+    groups are explicit (no longer derived). With a process group, every rank must find the same
+    parameters (checked). Not with FSDP2-sharded parameters (the forward runs on unsharded copies)
+    nor with reentrant activation checkpointing (its parameters are not in the graph before the
+    backward): give ``shared`` explicitly there.
     ``process_group``: average over these processes (see the module docstring; a
     DistributedDataParallel model stands for its process group, and its forward must then run
     under ``model.no_sync()``: DDP's own reducer supports one backward per forward), with ``reduce``
@@ -99,7 +118,10 @@ class MTLOptimizer(torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if shared is None:
             raise ValueError("shared: give the parameters shared by the tasks (e.g. model.encoder.parameters()), "
-                             "or a list of {'params': ..., 'tasks': [...]} groups")
+                             "a list of {'params': ..., 'tasks': [...]} groups, or 'auto'")
+        if isinstance(shared, str) and shared != "auto":
+            raise ValueError(f"shared: the one name accepted is 'auto' (derive the shared parameters from the "
+                             f"losses' graphs), got {shared!r}")
         if isinstance(every, bool) or not hasattr(every, "__index__") or int(every) < 1:
             raise ValueError(f"every must be an int >= 1, got {every!r}")
         diagnostics = _options.flag("MTLOptimizer", "diagnostics", diagnostics)
@@ -120,8 +142,13 @@ class MTLOptimizer(torch.optim.Optimizer):
         self.processes = None if process_group is _ALONE else ProcessAverage(process_group, reduce)
         self.generator: torch.Generator | None = None  # the methods' random numbers, with a process group
         self.groups: list[SharedGroup] = []
-        for spec in _group_specs(shared):
-            self._add_group(spec)
+        self.auto = shared == "auto"  # the group is derived from the losses' graphs (see _derive_shared)
+        self._derived_for: tuple | None = None  # what the derived group was found for (losses, mode, trainable)
+        if self.auto:
+            self._start_auto()
+        else:
+            for spec in _group_specs(shared):
+                self._add_group(spec)
         if self.processes is not None:  # FSDP2's shards are the user's to initialise alike (as FSDP2 requires)
             self.processes.broadcast_([p.detach() for group in optimizer.param_groups for p in group["params"]
                                        if not sharded_by_fsdp([p])])
@@ -130,6 +157,89 @@ class MTLOptimizer(torch.optim.Optimizer):
         self._features: tuple[torch.Tensor, torch.Tensor] | None = None  # (z, its detached leaf), set by features()
 
     # ----- groups of shared parameters -------------------------------------------------------
+    def shared_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters of the shared groups, in the wrapped optimizer's parameter order (with
+        ``shared="auto"``: those found at the last derivation; frozen ones given explicitly are
+        listed too)."""
+        if self.auto and not self.groups:
+            raise RuntimeError("shared='auto': the shared parameters are determined at the first backward, from the "
+                               "losses' graphs; call shared_parameters() after opt.backward(losses)")
+        grouped = {id(p) for group in self.groups for p in group.params}
+        return [p for group in self.optimizer.param_groups for p in group["params"] if id(p) in grouped]
+
+    def _start_auto(self) -> None:
+        """shared='auto' at construction: the checks that do not need the group, and the method's
+        learnable tensors joining the optimizer now (on its first parameter's device), so that the
+        param groups, and a state_dict saved before the first backward, are those of later steps."""
+        held = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if sharded_by_fsdp(held):
+            raise ValueError("shared='auto' cannot see FSDP2-sharded parameters in the graph (the forward runs on "
+                             "unsharded copies): give shared explicitly")
+        self._check_method(self.method, None, "shared='auto'")
+        self._same_random_numbers(self.method, held[0].device)
+        self._adopt_parameters(self.method, held[0].device)
+
+    def _derive_shared(self, losses: list[torch.Tensor], features) -> None:
+        """shared='auto': (re)derives the group unless it was derived for the same number of losses,
+        mode and trainable parameters. The group object (and its method's state) is kept; only its
+        parameters change. With a process group every rank runs the same collective check before
+        any error, so none is left waiting."""
+        if not self.auto:
+            return
+        held = [p for group in self.optimizer.param_groups for p in group["params"]]
+        key = (len(losses), features is None, tuple(p.requires_grad for p in held))
+        if key == self._derived_for:
+            return
+        T = len(losses)
+        if T < 2:
+            raise ValueError(f"shared='auto' finds the parameters that two or more task losses reach; backward got "
+                             f"{T} loss: give shared explicitly to train one task")
+        learnable = {id(p) for p in self.method.parameters()}  # UW's log-variances etc. are the method's own
+        candidates = [(i, p) for i, p in enumerate(held) if p.requires_grad and id(p) not in learnable]
+        roots, through = list(losses), None
+        if features is not None:  # the tasks reach the encoder through the detached leaf
+            representation, leaf = features
+            roots.append(representation)
+            through = {id(leaf): representation}
+        masks = reaching_losses(roots, [p for _, p in candidates], through)
+        every_task = (1 << T) - 1
+        found = [i for (i, _), mask in zip(candidates, masks)
+                 if (mask & every_task).bit_count() >= 2 and (features is None or mask >> T & 1)]
+        if self.processes is not None:
+            device = held[found[0]].device if found else held[0].device
+            self.processes.check_same(repr(found).encode(), "the parameters shared='auto' found (their positions in "
+                                      "the optimizer)", device, advice="every rank's forward must reach the same "
+                                      "parameters from each task (or give shared explicitly)")
+        if not found:
+            raise ValueError(self._nothing_shared(masks, T, features is not None))
+        params = shared_parameter_list([held[i] for i in found], "shared='auto' (the parameters two or more task "
+                                       "losses reach)")
+        if self.groups:
+            self.groups[0].params = params
+        else:
+            self.groups = [SharedGroup(params, None, self.method)]
+        self._derived_for = key
+
+    @staticmethod
+    def _nothing_shared(masks: list[int], T: int, feature_mode: bool) -> str:
+        reached = [sum(mask >> t & 1 for mask in masks) for t in range(T)]
+        apart = ", ".join(f"task {t} reaches {count}" for t, count in enumerate(reached))
+        where = (" through the tensor returned by opt.features(z) (feature mode: the parameters the representation "
+                 "reaches)") if feature_mode else ""
+        return (f"shared='auto': no trainable parameter of the wrapped optimizer is reached by two or more of the {T} "
+                f"task losses{where} ({apart} of its parameters, none reached by two tasks: each task reaches only "
+                "its own parameters). Check that the tasks share an encoder and that it trains (requires_grad), or "
+                "give shared explicitly")
+
+    def _no_auto_yet(self, what: str) -> None:
+        """add_shared_group and branch rework the groups: with shared='auto' they need the derived
+        group, and then make the groups explicit (they are not derived again)."""
+        if not self.auto:
+            return
+        if not self.groups:
+            raise ValueError(f"{what}: with shared='auto' the shared group is determined at the first backward; call "
+                             f"{what} after it (the groups are then explicit: no longer derived from the graphs)")
+
     def add_shared_group(self, params, tasks=None, method=None, *, param_group: dict | None = None,
                          **options) -> SharedGroup:
         """Adds a group of shared parameters during training (e.g. a new branch). Parameters the
@@ -138,10 +248,13 @@ class MTLOptimizer(torch.optim.Optimizer):
         leave the shared group they were in. ``method`` (default: the optimizer's method with its
         options, and ``options`` on top; its state starts empty) combines the gradients of
         ``tasks`` (None: every task)."""
+        self._no_auto_yet("add_shared_group")
         spec = {"params": params, "tasks": tasks, **options}
         if method is not None:
             spec["method"] = method
-        return self._add_group(spec, moving_allowed=True, param_group=param_group)
+        group = self._add_group(spec, moving_allowed=True, param_group=param_group)
+        self.auto = False
+        return group
 
     def _add_group(self, spec: dict, *, moving_allowed: bool = False, param_group: dict | None = None) -> SharedGroup:
         spec = dict(spec)
@@ -179,14 +292,14 @@ class MTLOptimizer(torch.optim.Optimizer):
         self._adopt_parameters(group_method)
         return group
 
-    def _adopt_parameters(self, method: methods.Method) -> None:
+    def _adopt_parameters(self, method: methods.Method, device: torch.device | None = None) -> None:
         """A method's learnable tensors (UW's log-variances, IMTL's loss scales) train with the
         model, as in LibMTL: they join the wrapped optimizer as a param group of their own (its
-        defaults: lr, weight decay), on the shared parameters' device."""
+        defaults: lr, weight decay), on the shared parameters' device (or ``device``)."""
         held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
         if not method.parameters() or any(id(p) in held for p in method.parameters()):
             return
-        method.move_parameters_(self.groups[0].params[0].device)
+        method.move_parameters_(self.groups[0].params[0].device if device is None else device)
         self.optimizer.add_param_group({"params": method.parameters()})
 
     def _columns_multiple(self) -> int:
@@ -218,6 +331,7 @@ class MTLOptimizer(torch.optim.Optimizer):
         parameter keeps its state. Each branch becomes a shared group of its tasks, combined by
         ``method`` (default: the optimizer's, with ``options`` on top). All checks run before
         anything changes. Returns the new groups."""
+        self._no_auto_yet("branch")
         old = shared_parameter_list(params, "branch: params")
         specs, seen_tasks, seen_copies = [], set(), {id(p) for p in old}
         held = {id(p): index for index, group in enumerate(self.optimizer.param_groups) for p in group["params"]}
@@ -274,6 +388,7 @@ class MTLOptimizer(torch.optim.Optimizer):
         self.groups = before + added + after
         if self.processes is not None:  # the copies start from rank 0's values
             self.processes.broadcast_([c.detach() for copies, _ in specs for c in copies if not sharded_by_fsdp([c])])
+        self.auto = False
         return added
 
     def _group_method(self, method, options: dict, what: str) -> methods.Method:
@@ -367,10 +482,11 @@ class MTLOptimizer(torch.optim.Optimizer):
         GradDrop then uses its original form: signs of z, purity summed over the batch."""
         if not isinstance(representation, torch.Tensor) or not representation.requires_grad:
             raise ValueError("features() needs the shared representation, a tensor that requires grad")
-        if len(self.groups) != 1 or self.groups[0].tasks is not None or self.method.family == "loss":
+        if self.method.family == "loss" or not self.auto and (len(self.groups) != 1 or self.groups[0].tasks is not None):
             raise ValueError("features() works with one shared group used by every task and a gradient method")
-        if not self.groups[0].method.feature_level:
-            raise ValueError(f"method {self.groups[0].method.name!r} works on the parameters' gradients only, not at "
+        method = self.groups[0].method if self.groups else self.method  # shared='auto': one group, the method
+        if not method.feature_level:
+            raise ValueError(f"method {method.name!r} works on the parameters' gradients only, not at "
                              "the feature level")
         leaf = representation.detach().requires_grad_()
         self._features = (representation, leaf)
@@ -388,6 +504,7 @@ class MTLOptimizer(torch.optim.Optimizer):
             raise ValueError("the DistributedDataParallel model's forward ran with its gradient sync armed, which "
                              "allows one backward pass; run the forward (and this backward) inside "
                              "`with model.no_sync():`: MTLOptimizer averages the gradients itself")
+        self._derive_shared(losses, features)
         if features is not None and self.processes is not None and self.groups[0].method.family != "gram":
             raise ValueError(f"feature mode with a process group needs a Gram-space method: {self.method.name} works "
                              "on the feature gradients coordinate by coordinate, and the ranks hold different samples")
@@ -451,12 +568,15 @@ class MTLOptimizer(torch.optim.Optimizer):
         """A failed backward leaves every group's method state and cached weights as they were
         (an earlier group's GradVac must not advance when a later group raises)."""
         saved = [(group.method.state_dict(), group.weights, group.weights_mode) for group in self.groups]
+        own = self.method.state_dict() if self.auto else None  # shared='auto' before its group exists
         try:
             yield
         except BaseException:
             for group, (state, weights, mode) in zip(self.groups, saved):
                 group.method.load_state_dict(state)
                 group.weights, group.weights_mode = weights, mode
+            if own is not None:
+                self.method.load_state_dict(own)
             raise
 
     def _reuse_weights(self, tasks: int) -> bool:
@@ -507,17 +627,46 @@ class MTLOptimizer(torch.optim.Optimizer):
         return {
             "optimizer": self.optimizer.state_dict(),
             "fastmtl": {"method": self.method.name, "every": self.every, "step": self._step,
+                        # shared='auto': the derived group, as positions in the wrapped optimizer; before the
+                        # first backward there is no group yet to hold the method's state, so it is here
+                        "auto": None if not self.auto else {"indices": self._shared_indices()} if self.groups
+                        else {"indices": None, "method_state": self.method.state_dict()},
                         "generator": None if self.generator is None else self.generator.get_state(),
                         "groups": [{"tasks": group.tasks, "method": group.method.name,
                                     "method_state": group.method.state_dict(), "weights": group.weights,
                                     "weights_mode": group.weights_mode} for group in self.groups]},
         }
 
+    def _shared_indices(self) -> list[int]:
+        grouped = {id(p) for group in self.groups for p in group.params}
+        held = [p for group in self.optimizer.param_groups for p in group["params"]]
+        return [i for i, p in enumerate(held) if id(p) in grouped]
+
+    def _restored_auto_groups(self, ours: dict) -> list[SharedGroup]:
+        """shared='auto': the group a state_dict stores (none if saved before the first backward)."""
+        auto = ours.get("auto")
+        if not isinstance(auto, dict):
+            raise ValueError("state_dict is from an MTLOptimizer with shared parameters given explicitly; this one "
+                             "derives them (shared='auto'): build it with the same shared argument")
+        indices = auto.get("indices")
+        if indices is None:
+            if "method_state" not in auto:
+                raise ValueError("state_dict['fastmtl']['auto'] has neither the group's indices nor the method's state")
+            return []
+        held = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if not indices or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(held)
+                              for i in indices) or sorted(set(indices)) != list(indices):
+            raise ValueError(f"state_dict['fastmtl']['auto']['indices'] must be increasing positions of the wrapped "
+                             f"optimizer's {len(held)} parameters, got {indices!r}")
+        return [SharedGroup(shared_parameter_list([held[i] for i in indices], "state_dict's shared='auto' group"),
+                            None, self.method)]
+
     def load_state_dict(self, state_dict: dict) -> None:
         """Loads a state_dict of this MTLOptimizer (the same shared groups and methods), of the
         previous single-group format, or of the plain optimizer it wraps (e.g. a checkpoint from
         before fastmtl: fastmtl's own state is then left as it is). All or nothing: if any part
-        does not fit, nothing is loaded."""
+        does not fit, nothing is loaded. With shared='auto' the stored group replaces this one's;
+        the next backward derives it again from the graphs."""
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         if "fastmtl" not in state_dict:
@@ -535,11 +684,14 @@ class MTLOptimizer(torch.optim.Optimizer):
                              f"{self.method.name!r}" if ours.get("method") != self.method.name
                              else f"state_dict['fastmtl'] lacks 'groups' or 'step' (keys: {sorted(ours)})")
         saved = ours["groups"]
-        if [(g["tasks"], g["method"]) for g in saved] != [(g.tasks, g.method.name) for g in self.groups]:
+        groups = self._restored_auto_groups(ours) if self.auto else self.groups
+        if [(g["tasks"], g["method"]) for g in saved] != [(g.tasks, g.method.name) for g in groups]:
             raise ValueError(f"state_dict holds shared groups {[(g['tasks'], g['method']) for g in saved]}, this "
-                             f"optimizer {[(g.tasks, g.method.name) for g in self.groups]}: add the same groups first")
+                             f"optimizer {[(g.tasks, g.method.name) for g in groups]}: add the same groups first")
         with self._method_states_kept_on_error():
-            for group, state in zip(self.groups, saved):
+            if self.auto and not groups:  # saved before the first backward: the method's state as it was then
+                self.method.load_state_dict(ours["auto"]["method_state"])
+            for group, state in zip(groups, saved):
                 group.method.load_state_dict(state["method_state"])
                 weights = state["weights"]
                 group.weights = None if weights is None else weights.to(group.params[0].device).clone()
@@ -548,6 +700,8 @@ class MTLOptimizer(torch.optim.Optimizer):
         if ours.get("generator") is not None and self.generator is not None:
             self.generator.set_state(ours["generator"])
         self._step = ours["step"]
+        if self.auto:
+            self.groups, self._derived_for = groups, None
 
     def __repr__(self) -> str:
         return (f"MTLOptimizer(method={self.method!r}, every={self.every}, groups={len(self.groups)}, "
@@ -560,6 +714,9 @@ def _group_specs(shared) -> list[dict]:
         for index, spec in enumerate(shared):
             if "params" not in spec:
                 raise ValueError(f"shared group {index} has no 'params'")
+            if isinstance(spec["params"], str):
+                raise ValueError(f"shared group {index}: 'params' must be parameters; shared='auto' stands alone (one "
+                                 "group used by every task), it cannot be one of several groups")
         return list(shared)
     return [{"params": shared}]
 

@@ -1,6 +1,7 @@
 """The gradient engine: where per-task gradients come from (``sources``), the groups of
 shared parameters they are collected for (``groups``), and the all-or-nothing handling of
-``.grad`` around a backward (``snapshot``), the averaging over processes (``distributed``).
+``.grad`` around a backward (``snapshot``), the averaging over processes (``distributed``),
+and which parameters each loss reaches (``autoshare``: ``shared="auto"``).
 MTLOptimizer runs it as collect → (average) → weight → combine → write."""
 
 from fastmtl.engine.checks import check_losses, shared_parameter_list

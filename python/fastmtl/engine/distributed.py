@@ -132,13 +132,14 @@ class ProcessAverage:
         dist.broadcast(seed, src=self.source, group=self.group)
         return int(seed)
 
-    def check_same(self, data: bytes, what: str, device: torch.device) -> None:
+    def check_same(self, data: bytes, what: str, device: torch.device,
+                   advice: str = "every rank must draw the same random numbers (seed it identically on every "
+                                 "rank, or leave it to the optimizer)") -> None:
         """Raises unless ``data`` is the same on every rank (compared by a SHA-256 digest, on
-        ``device``)."""
+        ``device``), on every rank alike; ``advice`` ends the message."""
         digest = torch.frombuffer(bytearray(hashlib.sha256(data).digest()), dtype=torch.uint8).to(torch.int64)
         low, high = digest.to(device).clone(), digest.to(device).clone()  # two tensors (to() may not copy)
         dist.all_reduce(low, op=dist.ReduceOp.MIN, group=self.group)
         dist.all_reduce(high, op=dist.ReduceOp.MAX, group=self.group)
         if not torch.equal(low, high):
-            raise ValueError(f"{what} differs between the processes: every rank must draw the same random "
-                             "numbers (seed it identically on every rank, or leave it to the optimizer)")
+            raise ValueError(f"{what} differs between the processes: {advice}")
