@@ -587,8 +587,14 @@ def test_nan_loss_value_and_negative_log_argument():
     assert bool(torch.isnan(d).all()) and int(method.steps) == 0
     assert torch.equal(method.lambd, torch.full((2,), 0.5, dtype=torch.float64))
     famo = methods.create("famo", n_tasks=2)
-    loss, _ = famo_step(famo, torch.tensor([-1.0, 1.0], dtype=torch.float64))  # D < 0
+    loss, grad = famo_step(famo, torch.tensor([-1.0, 1.0], dtype=torch.float64))  # D < 0
     assert math.isnan(float(loss.detach())) and not bool(famo._state["has_prev"])
+    # The gradient is NaN too (not zeros): a GradScaler skips the step, momentum gets nothing.
+    assert torch.isnan(grad).all()
+    stch = methods.create("stch", warmup_steps=0)
+    L = torch.tensor([-1.0, 1.0], dtype=torch.float64, requires_grad=True)  # log(L / n) undefined
+    loss = stch.loss(list(L.unbind()), None)
+    assert math.isnan(float(loss.detach())) and torch.isnan(torch.autograd.grad(loss, L)[0]).all()
 
 
 @pytest.mark.parametrize("name", ["db_mtl", "moco"])

@@ -698,3 +698,27 @@ def test_float32():
                     continue
                 assert torch.isfinite(a).all()
                 assert_close_rel(a, b, 2 * gamma(N, torch.float32) * N, method, scale=float(b.abs().max()) + 1)
+
+
+def test_branching_an_imtl_group_gives_each_branch_its_own_learnt_scales():
+    # branch() replaces every shared parameter: the new groups' IMTL scales join the optimizer on
+    # the parameters' device, the replaced group's scales never count as a head, and a branch whose
+    # task count differs from n_tasks is refused before anything changes.
+    encoder, heads = torch.nn.Linear(4, 3), torch.nn.ModuleList([torch.nn.Linear(3, 1) for _ in range(2)])
+    params = list(encoder.parameters()) + list(heads.parameters())
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(params, lr=0.1), "imtl", shared=encoder.parameters(), n_tasks=2)
+    copies = [[torch.nn.Parameter(p.detach().clone()) for p in encoder.parameters()] for _ in range(2)]
+    groups_before = len(opt.optimizer.param_groups)
+    with pytest.raises(ValueError, match="n_tasks=2 but the group has 1 tasks"):
+        opt.branch(list(encoder.parameters()), [(copies[0], [0]), (copies[1], [1])])
+    assert len(opt.optimizer.param_groups) == groups_before
+    added = opt.branch(list(encoder.parameters()), [(copies[0], [0]), (copies[1], [1])], method="imtl", n_tasks=1)
+    assert len(opt._heads()) == len(list(heads.parameters()))
+    x = torch.randn(8, 4)
+    outputs = [head(torch.nn.functional.linear(x, c[0], c[1])) for head, c in zip(heads, copies)]
+    opt.zero_grad()
+    opt.backward([out.pow(2).mean() for out in outputs])
+    opt.step()
+    for group in added:
+        (scale,) = group.method.parameters()
+        assert scale.grad is not None and torch.isfinite(scale.grad).all()

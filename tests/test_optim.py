@@ -5,6 +5,7 @@ GradScaler, clipping and bad input."""
 import copy
 
 import pytest
+import tiny_models
 import torch
 from oracles import pcgrad_per_vector
 
@@ -13,25 +14,7 @@ import fastmtl
 torch.set_flush_denormal(True)  # these tests train
 
 
-class TwoHeads(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.encoder = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 5))
-        self.heads = torch.nn.ModuleList([torch.nn.Linear(5, 1), torch.nn.Linear(5, 1), torch.nn.Linear(5, 1)])
-
-    def losses(self, x, y):
-        z = self.encoder(x)
-        return [((head(z).squeeze(1) - y[:, t]) ** 2).mean() for t, head in enumerate(self.heads)]
-
-
-def batch(seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(32, 6, generator=gen, dtype=torch.float64), torch.randn(32, 3, generator=gen, dtype=torch.float64)
-
-
-def model(seed=0):
-    torch.manual_seed(seed)
-    return TwoHeads().double()
+model, batch = tiny_models.model, tiny_models.batch
 
 
 def hand_written_pcgrad_step(net, x, y, lr):
@@ -397,25 +380,45 @@ def test_backward_accumulates_like_loss_backward():
         assert torch.allclose(p.grad, 2 * g)  # shared and heads alike
 
 
-@pytest.mark.parametrize("method,options", [("nash_mtl", {}), ("pcgrad", {"shuffle": False}), ("mgda", {}),
-                                            ("cosreg", {"weight": 0.5}), ("go4align", {})])
-def test_grad_scaler_gives_the_unscaled_update(method, options):
+# Options for the three tasks of the tiny model: the required ones, and deterministic choices.
+THREE_TASK_OPTIONS = {"pcgrad": {"shuffle": False}, "gradvac": {"shuffle": False}, "constant": {"weights": [1, 2, 3]},
+                      "krum": {"n_byzantine": 0}, "trimmed_mean": {"trim_number": 1}, "crmogm": {"base": "mgda"},
+                      "fairgrad": {"alpha": 1.0}, "imtl": {"n_tasks": 3}, "uw": {"n_tasks": 3},
+                      "gradnorm": {"n_tasks": 3}, "famo": {"n_tasks": 3}, "stch": {"warmup_steps": 1},
+                      "cosreg": {"weight": 0.5}}
+RANDOM = {"graddrop", "random", "rlw"}  # each optimizer gets a generator seeded alike
+
+
+@pytest.mark.parametrize("method", fastmtl.methods.available())
+def test_grad_scaler_gives_the_unscaled_update(method):
+    # Three steps with a GradScaler (a power-of-two scale: scaling and unscaling are exact) give
+    # the run without one, for every method: a method whose weights or state do not follow G's
+    # scale sees the unscaled K or G (Nash-MTL, MoDo, MoCo, ExcessMTL, DB-MTL, ...), and the
+    # learnt tensors (UW, GradNorm, IMTL) are unscaled with the model's gradients.
+    def build(net):
+        options = dict(THREE_TASK_OPTIONS.get(method, {}))
+        if method in RANDOM:
+            options["generator"] = torch.Generator().manual_seed(5)
+        return fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), method,
+                                    shared=net.encoder.parameters(), **options)
+
     net, reference = model(), model()
-    scaled = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), method,
-                                  shared=net.encoder.parameters(), **options)
-    plain = fastmtl.MTLOptimizer(torch.optim.SGD(reference.parameters(), lr=0.1), method,
-                                 shared=reference.encoder.parameters(), **options)
+    scaled, plain = build(net), build(reference)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    x, y = batch(3)
-    scaled.zero_grad()
-    scaled.backward(net.losses(x, y), scaler=scaler)
-    scaler.step(scaled)
-    scaler.update()
-    plain.zero_grad()
-    plain.backward(reference.losses(x, y))
-    plain.step()
-    for a, b in zip(net.parameters(), reference.parameters()):
-        assert torch.allclose(a, b, atol=1e-10), method
+    for step in range(3):
+        x, y = batch(3 + step)
+        scaled.zero_grad()
+        scaled.backward(net.losses(x, y), scaler=scaler)
+        scaler.step(scaled)
+        scaler.update()
+        plain.zero_grad()
+        plain.backward(reference.losses(x, y))
+        plain.step()
+    learnt = scaled.method.parameters() + plain.method.parameters()
+    assert all(p.grad is not None for p in learnt)  # the learnt tensors did train
+    for a, b in zip(list(net.parameters()) + scaled.method.parameters(),
+                    list(reference.parameters()) + plain.method.parameters()):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10), method
 
 
 def test_gradvac_object_keeps_its_state_across_steps_as_torchjd(monkeypatch):

@@ -439,6 +439,7 @@ def run_steps(method, Gs):
     ("sdmgrad", {"n_iter": 2.5}, TypeError), ("sdmgrad", {"lambda_": -1}, ValueError),
     ("sdmgrad", {"pref_vector": []}, ValueError), ("sdmgrad", {"pref_vector": [[1.0]]}, TypeError),
     ("crmogm", {"base": "graddrop"}, ValueError), ("crmogm", {"base": "nope"}, ValueError),
+    ("crmogm", {"base": "imtl", "base_options": {"n_tasks": 2}}, ValueError),  # reads the losses, learns s
     ("crmogm", {"base": "cosreg"}, ValueError), ("crmogm", {"base": methods.create("mgda")}, TypeError),
     ("crmogm", {"base": "mgda", "alpha": 1.5}, ValueError), ("crmogm", {"base": "mgda", "alpha": -0.1}, ValueError),
     ("crmogm", {"base": "mgda", "base_options": [1]}, TypeError),

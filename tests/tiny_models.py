@@ -1,5 +1,5 @@
 """A tiny multi-task regression model for the tests that train through MTLOptimizer: a shared
-encoder (6 → 8 → 5) and three linear heads, in float64, built from seed 0."""
+encoder (6 → 8 → 5) and three linear heads, in float64."""
 
 import torch
 
@@ -15,12 +15,12 @@ class ThreeHeads(torch.nn.Module):
         return [((head(z).squeeze(1) - y[:, t]) ** 2).mean() for t, head in enumerate(self.heads)]
 
 
-def model() -> ThreeHeads:
-    torch.manual_seed(0)
+def model(seed: int = 0) -> ThreeHeads:
+    torch.manual_seed(seed)
     return ThreeHeads().double()
 
 
-def batch(seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(seed: int = 0, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs [size, 6] and targets [size, 3] from ``seed``."""
     gen = torch.Generator().manual_seed(seed)
     return (torch.randn(size, 6, generator=gen, dtype=torch.float64),

@@ -142,6 +142,7 @@ class MTLOptimizer(torch.optim.Optimizer):
         self.processes = None if process_group is _ALONE else ProcessAverage(process_group, reduce)
         self.generator: torch.Generator | None = None  # the methods' random numbers, with a process group
         self.groups: list[SharedGroup] = []
+        self._learnt_ids: set[int] = set()  # ids of the methods' learnt tensors in the wrapped optimizer
         self.auto = shared == "auto"  # the group is derived from the losses' graphs (see _derive_shared)
         self._derived_for: tuple | None = None  # what the derived group was found for (losses, mode, trainable)
         if self.auto:
@@ -301,6 +302,8 @@ class MTLOptimizer(torch.optim.Optimizer):
             return
         method.move_parameters_(self.groups[0].params[0].device if device is None else device)
         self.optimizer.add_param_group({"params": method.parameters()})
+        # Never heads, even once their group is gone (a branch replaced it): nothing reaches them then.
+        self._learnt_ids |= {id(p) for p in method.parameters()}
 
     def _columns_multiple(self) -> int:
         """What the group buffers' width is padded to: the number of shards of the sharded reduction."""
@@ -356,7 +359,8 @@ class MTLOptimizer(torch.optim.Optimizer):
             seen_tasks |= set(tasks)
             specs.append((copies, tasks))
         group_method = self._group_method(method, options, "branch")
-        self._check_method(group_method, (0,), "branch")
+        for number, (_, tasks) in enumerate(specs):
+            self._check_method(group_method, tasks, f"branch {number}")
         self._same_random_numbers(group_method, old[0].device)  # may raise: before anything changes
         # Every check passed. In each param group, the copies take the place of the first parameter
         # they replace there, branch by branch (copy 0's parameters, then copy 1's, ...): the order
@@ -384,7 +388,7 @@ class MTLOptimizer(torch.optim.Optimizer):
             branch_method = group_method if number == 0 and not any(g.method is group_method for g in self.groups) \
                 else group_method.fresh()
             added.append(SharedGroup(copies, tasks, branch_method))
-            self._adopt_parameters(branch_method)
+            self._adopt_parameters(branch_method, old[0].device)
         self.groups = before + added + after
         if self.processes is not None:  # the copies start from rank 0's values
             self.processes.broadcast_([c.detach() for copies, _ in specs for c in copies if not sharded_by_fsdp([c])])
@@ -420,13 +424,20 @@ class MTLOptimizer(torch.optim.Optimizer):
         if method.needs_losses and (self.every > 1 or self.processes is not None):
             raise ValueError(f"method {method.name!r} uses the values of each step's losses: every > 1 (weights reused "
                              "across steps) and process groups (each rank's losses differ) are not supported with it")
+        if not method.feature_level and self.processes is not None and self.processes.reduce == "sharded":
+            raise ValueError(f"method {method.name!r} needs whole rows of G, and reduce='sharded' gives each rank a "
+                             "column shard: use reduce='full'")
+        n_tasks = method.options.get("n_tasks")
+        if tasks is not None and n_tasks is not None and len(tasks) != n_tasks:
+            raise ValueError(f"{what}: method {method.name!r} has n_tasks={n_tasks} but the group has {len(tasks)} "
+                             f"tasks {list(tasks)}")
 
     def _shared_params(self) -> list[torch.nn.Parameter]:
         return [p for group in self.groups for p in group.trainable()]
 
     def _heads(self) -> list[torch.nn.Parameter]:
         """The wrapped optimizer's trainable parameters that no shared group or method holds."""
-        shared = {id(p) for group in self.groups for p in group.params + group.method.parameters()}
+        shared = {id(p) for group in self.groups for p in group.params} | self._learnt_ids
         return [p for group in self.optimizer.param_groups for p in group["params"]
                 if p.requires_grad and id(p) not in shared]
 
@@ -746,11 +757,17 @@ def combine_group(matrix: TaskMatrix, scale: torch.Tensor | None = None, mode: s
             K_for_weights = K_for_weights / scale.to(K_for_weights.dtype) ** 2  # the unscaled gradients' weights
         group.weights, group.weights_mode = method.weights(K_for_weights), mode
         direction = functional.combine(G, group.weights, out=None if partial else out, impl=method.impl)
-    elif partial:
-        direction = method(G, signs=matrix.signs, batch=matrix.batch, column_offset=matrix.column_offset)
     else:
-        direction = method(G, signs=matrix.signs, batch=matrix.batch)
-        direction = direction if out is None else out.copy_(direction)
+        unscale = scale is not None and not method.scale_linear  # the method sees the true gradients
+        seen = G / scale.to(G.dtype) if unscale else G
+        if partial:
+            direction = method(seen, signs=matrix.signs, batch=matrix.batch, column_offset=matrix.column_offset)
+        else:
+            direction = method(seen, signs=matrix.signs, batch=matrix.batch)
+        if unscale:
+            direction = direction * scale.to(direction.dtype)
+        if not partial and out is not None:
+            direction = out.copy_(direction)
     if partial and out is not None:  # parameter level; at the feature level each rank keeps its samples' part
         direction = processes.gather(direction, out)
     if diagnostics:

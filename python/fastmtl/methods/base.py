@@ -29,7 +29,7 @@ import torch
 
 from fastmtl import _validate, functional
 from fastmtl._numerics import accumulate_dtype
-from fastmtl.methods import _options
+from fastmtl.methods import _options, _state
 
 _REGISTRY: dict[str, type[Method]] = {}
 
@@ -75,7 +75,9 @@ class Method(abc.ABC):
     name: ClassVar[str]
     family: ClassVar[str]  # "gram", "elementwise" or "loss"
     needs_losses: ClassVar[bool] = False  # True: take_losses() before each call (see the module docstring)
-    feature_level: ClassVar[bool] = True  # False: needs G's rows over the parameters (MTLOptimizer.features refuses it)
+    # False: needs whole parameter-level rows of G (per-task state of G's size, sums over every
+    # parameter): MTLOptimizer refuses it in feature mode and with the sharded reduction.
+    feature_level: ClassVar[bool] = True
 
     def __init__(self, **options):
         self.options = options
@@ -99,7 +101,7 @@ class Method(abc.ABC):
         that the scaler's ``unscale_`` gives the true gradient (IMTL's loss scales)."""
         if not self.needs_losses:
             raise ValueError(f"{self.name} does not use the task losses")
-        stacked = losses if isinstance(losses, torch.Tensor) else torch.stack([loss.reshape(()) for loss in losses])
+        stacked = losses if isinstance(losses, torch.Tensor) else _state.stacked_losses(losses)
         if stacked.dim() != 1 or stacked.numel() == 0:
             raise ValueError(f"{self.name}: losses must be one scalar per task, got shape {tuple(stacked.shape)}")
         self._losses = stacked.detach()
@@ -171,10 +173,13 @@ class GramWeighting(Method):
         a non-finite K), so this path adds no masking ops: one launch per solve on a GPU."""
         return None
 
-    def weights(self, K: torch.Tensor) -> torch.Tensor:
-        """Task weights w [T] (float64) from the Gram matrix K [T, T]."""
+    def check_gram(self, K) -> None:
         if not isinstance(K, torch.Tensor) or K.dim() != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0:
             raise ValueError(f"{self.name}: K must be a non-empty square [T, T] tensor, got {getattr(K, 'shape', K)!r}")
+
+    def weights(self, K: torch.Tensor) -> torch.Tensor:
+        """Task weights w [T] (float64) from the Gram matrix K [T, T]."""
+        self.check_gram(K)
         K = K.detach().double()
         if functional.use_extension(self.impl, K):
             w = self.compiled_solve(K)
@@ -202,6 +207,10 @@ class ElementwiseMethod(Method):
     feature-level G (the activation and the batch size), set by MTLOptimizer's feature mode."""
 
     family = "elementwise"
+    # False: the method's state or output does not follow G's scale (MoCo's loss-normalised rows,
+    # ExcessMTL's and DB-MTL's running statistics): under a GradScaler, MTLOptimizer calls it on
+    # G / scale and multiplies the result by the scale, so it sees the true gradients.
+    scale_linear: ClassVar[bool] = True
 
     @abc.abstractmethod
     def __call__(

@@ -26,6 +26,7 @@ class GradVac(GramWeighting):
     whenever T changes); a step whose K is not finite leaves it unchanged."""
 
     name = "gradvac"
+    scale_linear = False  # eps in its denominators is not scaled: under a GradScaler it gets the unscaled K
 
     def __init__(self, *, beta: float = 0.5, eps: float = 1e-8, shuffle: bool = True,
                  generator: torch.Generator | None = None, impl: str = "auto"):

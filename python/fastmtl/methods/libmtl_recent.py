@@ -18,6 +18,7 @@ from fastmtl import _validate, functional
 from fastmtl._numerics import accumulate_dtype
 from fastmtl.methods import _options
 from fastmtl.methods.base import ElementwiseMethod, LossMethod, register
+from fastmtl.methods._state import check_keys, on_device, stacked_losses
 from fastmtl.methods.stochastic_weightings import project_onto_simplex
 
 # ----- shared pieces ---------------------------------------------------------------------------
@@ -40,16 +41,16 @@ def _decayed(base: float, sigma: float, steps: torch.Tensor) -> torch.Tensor:
     return base / steps.double() ** sigma
 
 
+def _nan_unless(finite: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """1 where ``finite``, else NaN: multiplying the loss by it makes both its value and its
+    gradient NaN on a bad step (torch.where would back-propagate zeros, which a GradScaler would
+    not skip and momentum would still apply)."""
+    return torch.where(finite, torch.ones((), dtype=like.dtype, device=like.device),
+                       torch.full((), float("nan"), dtype=like.dtype, device=like.device))
+
+
 def _moved(state: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if state is None else state.to(device)  # e.g. a CPU checkpoint resumed on a GPU
-
-
-def _check_keys(method: str, state: dict, keys: set) -> None:
-    if not isinstance(state, dict):
-        raise TypeError(f"{method}: state must be a dict, got {type(state).__name__}")
-    if state and set(state) != keys:
-        raise ValueError(f"{method}: a state_dict with the keys {sorted(keys)} (or an empty one) expected, "
-                         f"got {sorted(state)}")
 
 
 def _tensor(method: str, state: dict, key: str, shape: tuple | None = None) -> torch.Tensor:
@@ -59,13 +60,6 @@ def _tensor(method: str, state: dict, key: str, shape: tuple | None = None) -> t
     if shape is not None and tuple(value.shape) != shape:
         raise ValueError(f"{method}: state_dict[{key!r}] has shape {tuple(value.shape)}, expected {shape}")
     return value.detach().clone()
-
-
-def _stacked(losses) -> torch.Tensor:
-    """The task losses as one [T] tensor that keeps their graph."""
-    if isinstance(losses, torch.Tensor):
-        return losses.reshape(-1)
-    return torch.stack([loss.reshape(()) for loss in losses])
 
 
 # ----- DB-MTL -----------------------------------------------------------------------------------
@@ -93,6 +87,7 @@ class DBMTL(ElementwiseMethod):
     name = "db_mtl"
     needs_losses = True
     feature_level = False  # whole parameter-level rows of G
+    scale_linear = False  # state across steps: a GradScaler's changing scale must not enter it
 
     def __init__(self, *, beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8):
         super().__init__(beta=_options.real(self.name, "beta", beta, low=0.0, high=1.0),
@@ -129,7 +124,7 @@ class DBMTL(ElementwiseMethod):
         return {} if self.ema is None else {"steps": self.steps, "ema": self.ema}
 
     def load_state_dict(self, state: dict) -> None:
-        _check_keys(self.name, state, {"steps", "ema"})
+        check_keys(self.name, state, {"steps", "ema"}, empty_ok=True)
         if not state:
             self.steps = self.ema = None
             return
@@ -164,6 +159,7 @@ class MoCo(ElementwiseMethod):
     name = "moco"
     needs_losses = True
     feature_level = False  # whole parameter-level rows of G
+    scale_linear = False  # state across steps: a GradScaler's changing scale must not enter it
 
     def __init__(self, *, beta: float = 0.5, beta_sigma: float = 0.5, gamma: float = 0.1, gamma_sigma: float = 0.5,
                  rho: float = 0.0, lambda_map: str = "projection", eps: float = 1e-8):
@@ -211,7 +207,7 @@ class MoCo(ElementwiseMethod):
         return {} if self.y is None else {"steps": self.steps, "y": self.y, "lambd": self.lambd}
 
     def load_state_dict(self, state: dict) -> None:
-        _check_keys(self.name, state, {"steps", "y", "lambd"})
+        check_keys(self.name, state, {"steps", "y", "lambd"}, empty_ok=True)
         if not state:
             self.steps = self.y = self.lambd = None
             return
@@ -264,9 +260,7 @@ class FAMO(LossMethod):
         value = self.options["min_losses"]
         if not isinstance(value, tuple):
             return value
-        if str(device) not in self._minima:
-            self._minima[str(device)] = torch.tensor(value, dtype=torch.float64, device=device)
-        return self._minima[str(device)]
+        return on_device(self._minima, value, device)
 
     @classmethod
     def _min_losses(cls, value, n_tasks: int):
@@ -280,7 +274,7 @@ class FAMO(LossMethod):
         return _options.real(cls.name, "min_losses", value)
 
     def loss(self, losses, shared) -> torch.Tensor:
-        stacked = _stacked(losses)
+        stacked = stacked_losses(losses)
         T = self.options["n_tasks"]
         if stacked.shape != (T,):
             raise ValueError(f"{self.name}: expected {T} losses (n_tasks), got {stacked.numel()}")
@@ -300,7 +294,7 @@ class FAMO(LossMethod):
         d64 = stacked.detach().double() - minimum + self.options["eps"]
         c = (z / torch.where(finite, d64, 1.0)).sum()  # detached, float64
         total = ((z / c).to(stacked.dtype) * d.log()).sum()
-        return torch.where(finite, total, torch.full_like(total, float("nan")))
+        return total * _nan_unless(finite, total)
 
     def _current_state(self, T: int, device) -> dict:
         if self._state is None:
@@ -329,7 +323,7 @@ class FAMO(LossMethod):
         return {} if self._state is None else dict(self._state)
 
     def load_state_dict(self, state: dict) -> None:
-        _check_keys(self.name, state, set(_FAMO_KEYS))
+        check_keys(self.name, state, set(_FAMO_KEYS), empty_ok=True)
         if not state:
             self._state = None
             return
@@ -377,7 +371,7 @@ class STCH(LossMethod):
         self.loss_sum: torch.Tensor | None = None
 
     def loss(self, losses, shared) -> torch.Tensor:
-        stacked = _stacked(losses)
+        stacked = stacked_losses(losses)
         T, device = stacked.shape[0], stacked.device
         W, N, mu = self.options["warmup_steps"], self.options["nadir_steps"], self.options["mu"]
         if self.loss_sum is not None and self.loss_sum.shape != (T,):
@@ -396,7 +390,7 @@ class STCH(LossMethod):
         in_window = warming & (steps >= W - N) & finite
         self.loss_sum = torch.where(in_window, loss_sum + values, loss_sum)
         self.steps = steps + finite.long()
-        return torch.where(finite, total, torch.full_like(total, float("nan")))
+        return total * _nan_unless(finite, total)
 
     def nadir(self) -> torch.Tensor | None:
         """The nadir vector n once the warmup is over (ones for warmup_steps = 0), else None.
@@ -414,7 +408,7 @@ class STCH(LossMethod):
                 "nadir_steps": self.options["nadir_steps"]}
 
     def load_state_dict(self, state: dict) -> None:
-        _check_keys(self.name, state, {"steps", "loss_sum", "warmup_steps", "nadir_steps"})
+        check_keys(self.name, state, {"steps", "loss_sum", "warmup_steps", "nadir_steps"}, empty_ok=True)
         if not state:
             self.steps = self.loss_sum = None
             return

@@ -15,13 +15,14 @@ from __future__ import annotations
 import torch
 
 from fastmtl.methods import _options
+from fastmtl.methods._state import check_keys, stacked_losses
 from fastmtl.methods.base import GramWeighting, LossMethod, register
 from fastmtl.methods.gram_space import imtl_g_weights
 
 
 def _stacked(method: str, losses, n_tasks: int | None) -> torch.Tensor:
     """The task losses as one [T] tensor (still differentiable), T checked against ``n_tasks``."""
-    stacked = torch.stack([loss.reshape(()) for loss in losses])
+    stacked = stacked_losses(losses)
     if n_tasks is not None and stacked.numel() != n_tasks:
         raise ValueError(f"{method}: got {stacked.numel()} losses, but the method was built with n_tasks={n_tasks}")
     return stacked
@@ -38,12 +39,6 @@ def _load_values(method: str, key: str, param: torch.Tensor, value) -> None:
                          f"{getattr(value, 'shape', type(value).__name__)}")
     with torch.no_grad():
         param.copy_(value)
-
-
-def _check_keys(method: str, state: dict, keys: set) -> None:
-    if not isinstance(state, dict) or set(state) != keys:
-        raise ValueError(f"{method}: a state_dict with the keys {sorted(keys)} expected, got "
-                         f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
 
 
 def _clone(value):
@@ -79,7 +74,7 @@ class UW(LossMethod):
         return {"log_variances": _clone(self.log_variances)}
 
     def load_state_dict(self, state: dict) -> None:
-        _check_keys(self.name, state, {"log_variances"})
+        check_keys(self.name, state, {"log_variances"})
         _load_values(self.name, "log_variances", self.log_variances, state["log_variances"])
 
 
@@ -116,7 +111,7 @@ class DWA(LossMethod):
         """This step's w [T] (float64): T softmax(r / temperature), or ones before two periods."""
         if self._completed < 2:
             return torch.ones(T, dtype=torch.float64, device=device)
-        ratio = self._means[1] / self._means[0]
+        ratio = (self._means[1] / self._means[0]).to(device)  # e.g. a CPU checkpoint resumed on a GPU
         return T * torch.softmax(ratio / self.options["temperature"], 0)
 
     def loss(self, losses, shared) -> torch.Tensor:
@@ -148,7 +143,7 @@ class DWA(LossMethod):
                 "count": _clone(self._count), "means": _clone(self._means)}
 
     def load_state_dict(self, state: dict) -> None:
-        _check_keys(self.name, state, {"steps", "completed", "sum", "count", "means"})
+        check_keys(self.name, state, {"steps", "completed", "sum", "count", "means"})
         steps, completed = state["steps"], state["completed"]
         if not (isinstance(steps, int) and 0 <= steps < self.options["period"] and completed in (0, 1, 2)):
             raise ValueError(f"{self.name}: the state_dict's position (steps={steps!r}, completed={completed!r}) does "
@@ -260,7 +255,7 @@ class GradNorm(LossMethod):
                 "warmup_sum": _clone(self._warmup_sum)}
 
     def load_state_dict(self, state: dict) -> None:
-        _check_keys(self.name, state, {"logits", "step", "initial", "warmup_sum"})
+        check_keys(self.name, state, {"logits", "step", "initial", "warmup_sum"})
         T = self.options["n_tasks"]
         initial, warmup_sum, step = state["initial"], state["warmup_sum"], state["step"]
         if not isinstance(step, int) or step < 0:
@@ -331,8 +326,7 @@ class IMTL(GramWeighting):
 
     def weights(self, K: torch.Tensor) -> torch.Tensor:
         """w = α ⊙ e^s [T] (float64), α the IMTL-G weights of D K D; adds to s.grad (see above)."""
-        if not isinstance(K, torch.Tensor) or K.dim() != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0:
-            raise ValueError(f"{self.name}: K must be a non-empty square [T, T] tensor, got {getattr(K, 'shape', K)!r}")
+        self.check_gram(K)
         T = K.shape[0]
         if T != self.options["n_tasks"]:
             raise ValueError(f"{self.name}: G has {T} tasks, but the method was built with n_tasks={self.options['n_tasks']}")
@@ -355,5 +349,5 @@ class IMTL(GramWeighting):
         return {"loss_scales": _clone(self.loss_scales)}
 
     def load_state_dict(self, state: dict) -> None:
-        _check_keys(self.name, state, {"loss_scales"})
+        check_keys(self.name, state, {"loss_scales"})
         _load_values(self.name, "loss_scales", self.loss_scales, state["loss_scales"])

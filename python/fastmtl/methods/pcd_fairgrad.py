@@ -14,6 +14,7 @@ import torch
 
 from fastmtl._numerics import accumulate_dtype
 from fastmtl.methods import _options
+from fastmtl.methods._state import check_keys, on_device
 from fastmtl.methods.base import GramWeighting, register
 from fastmtl.methods.peers_torchjd import _vector_option
 
@@ -86,7 +87,7 @@ class PCD(GramWeighting):
         self._set_options(tau=tau, beta=beta, eps=_options.real(self.name, "eps", eps, low=0.0), impl=impl)
         self.sq_norm_ema: torch.Tensor | None = None
         self.n_steps: torch.Tensor | None = None
-        self._taus: torch.Tensor | None = None  # the tau vector on the device of the last K
+        self._taus: dict = {}  # device -> the tau vector there
         self._gram_dtype: torch.dtype | None = None
 
     # ----- the solve ---------------------------------------------------------------------------
@@ -125,9 +126,7 @@ class PCD(GramWeighting):
             if len(tau) != T - 1:
                 raise ValueError(f"{self.name}: tau has {len(tau)} values but G has {T - 1} secondary tasks "
                                  f"(one value per task after the first)")
-            if self._taus is None or self._taus.device != device:  # copied to the device once
-                self._taus = torch.tensor(tau, dtype=torch.float64, device=device)
-            return self._taus
+            return on_device(self._taus, tau, device)
         return torch.full((T - 1,), tau, dtype=torch.float64, device=device)
 
     def _keep_state(self, finite, previous_ema, previous_count, new_ema, new_count) -> None:
@@ -161,8 +160,7 @@ class PCD(GramWeighting):
                 "n_steps": None if self.n_steps is None else self.n_steps.clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        if set(state) != {"sq_norm_ema", "n_steps"}:
-            raise ValueError(f"pcd: a state_dict with the keys 'n_steps' and 'sq_norm_ema' expected, got {sorted(state)}")
+        check_keys(self.name, state, {"sq_norm_ema", "n_steps"})
         ema, count = state["sq_norm_ema"], state["n_steps"]
         if (ema is None) != (count is None):
             raise ValueError("pcd: sq_norm_ema and n_steps must both be None or both be tensors")

@@ -27,6 +27,7 @@ import torch
 from fastmtl import _validate, functional
 from fastmtl._numerics import accumulate_dtype
 from fastmtl.methods import _options
+from fastmtl.methods._state import check_keys, on_device
 from fastmtl.methods.base import (
     ElementwiseMethod,
     GramWeighting,
@@ -72,14 +73,6 @@ def _previous(state: torch.Tensor | None, T: int, like: torch.Tensor) -> torch.T
     return state.to(device=like.device, dtype=torch.float64)
 
 
-def _on_device(cache: dict, values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
-    """An option vector as a float64 tensor on ``like``'s device, built once per device: a copy
-    from the host at every step would wait for the device each time."""
-    if like.device not in cache:
-        cache[like.device] = torch.tensor(values, dtype=torch.float64, device=like.device)
-    return cache[like.device]
-
-
 def _load_vector(method: str, state: dict, key: str) -> torch.Tensor | None:
     value = state[key]
     if value is None:
@@ -95,12 +88,6 @@ def _kept_on_nan(out: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
     the op made every output NaN (a non-finite K: a finite K keeps every value finite, as each
     step is a projection onto the simplex)."""
     return torch.where(out[0].isnan(), previous, out[:previous.shape[0]])
-
-
-def _check_keys(method: str, state: dict, keys: set[str]) -> None:
-    if not isinstance(state, dict) or set(state) != keys:
-        raise ValueError(f"{method}: a state_dict with the keys {sorted(keys)} expected, got "
-                         f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
 
 
 @register
@@ -142,7 +129,7 @@ class MoDo(GramWeighting):
         return {"lambda": self.lam}
 
     def load_state_dict(self, state: dict) -> None:
-        _check_keys(self.name, state, {"lambda"})
+        check_keys(self.name, state, {"lambda"})
         self.lam = _load_vector(self.name, state, "lambda")
 
 
@@ -182,7 +169,7 @@ class SDMGrad(GramWeighting):
         if pref is None:
             return _uniform(T, K)
         _check_length(self.name, "pref_vector", pref, T)
-        return _on_device(self._constants, pref, K)
+        return on_device(self._constants, pref, K.device)
 
     def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
         lr, mu, lam = self.options["lr"], self.options["momentum"], self.options["lambda_"]
@@ -209,7 +196,7 @@ class SDMGrad(GramWeighting):
         return {"w": self.w}
 
     def load_state_dict(self, state: dict) -> None:
-        _check_keys(self.name, state, {"w"})
+        check_keys(self.name, state, {"w"})
         self.w = _load_vector(self.name, state, "w")
 
 
@@ -250,10 +237,14 @@ class CRMOGM(GramWeighting):
         self._set_options(base=base, base_options=dict(base_options),
                           alpha=_options.real(self.name, "alpha", alpha, low=0.0, high=1.0),
                           initial_weights=initial_weights, impl=impl)
+        if base_class.needs_losses:
+            raise ValueError(f"{self.name}: base {base!r} reads the task losses; CR-MOGM averages weights of K alone")
         try:
             self.base = create(base, **{"impl": self.impl, **base_options})
         except (TypeError, ValueError) as error:
             raise type(error)(f"{self.name}: base_options for {base!r}: {error}") from None
+        if self.base.parameters():
+            raise ValueError(f"{self.name}: base {base!r} learns tensors of its own, which CR-MOGM would not train")
         self.needs_gram = self.base.needs_gram  # e.g. a base "mean" never reads K
         self.scale_linear = self.base.scale_linear
         self.lam: torch.Tensor | None = None
@@ -273,7 +264,7 @@ class CRMOGM(GramWeighting):
             start = estimate
         else:
             _check_length(self.name, "initial_weights", initial, T)
-            start = _on_device(self._constants, initial, estimate)
+            start = on_device(self._constants, initial, estimate.device)
         alpha = self.options["alpha"]
         smoothed = alpha * torch.where(started, lam, start) + (1 - alpha) * estimate
         finite = finite & torch.isfinite(estimate).all()
@@ -281,10 +272,12 @@ class CRMOGM(GramWeighting):
         self.started = started | finite
         return torch.where(finite, smoothed, torch.full_like(smoothed, float("nan")))
 
+    def gram(self, G: torch.Tensor) -> torch.Tensor:
+        return self.base.gram(G)  # the base's (e.g. PCD records G's accumulation dtype there)
+
     def weights(self, K: torch.Tensor) -> torch.Tensor:
-        if not isinstance(K, torch.Tensor) or K.dim() != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0:
-            raise ValueError(f"{self.name}: K must be a non-empty square [T, T] tensor, got {getattr(K, 'shape', K)!r}")
-        K = K.detach().double()
+        self.check_gram(K)
+        K = K.detach()
         # Only a K the base reads can poison the step: sum/mean/random/constant ignore theirs.
         finite = torch.isfinite(K).all() if self.needs_gram else torch.ones((), dtype=torch.bool, device=K.device)
         return self._smooth(self.base.weights(K).double(), finite)
@@ -297,7 +290,7 @@ class CRMOGM(GramWeighting):
                 "base_state": self.base.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        _check_keys(self.name, state, {"base", "lambda", "started", "base_state"})
+        check_keys(self.name, state, {"base", "lambda", "started", "base_state"})
         if state["base"] != self.options["base"]:
             raise ValueError(f"{self.name}: the state_dict is for base {state['base']!r}, this method smooths "
                              f"{self.options['base']!r}")
@@ -332,12 +325,12 @@ class ExcessMTL(ElementwiseMethod):
 
     Needs whole rows of G: Ê sums over every column, so a column shard (``column_offset`` given,
     MTLOptimizer's sharded reduction) raises, as does feature mode (``signs``/``batch``: its
-    columns are samples, whose curvature history means nothing). Under a GradScaler the estimates
-    see the scaled gradients (the ratio to the baseline cancels a constant scale, except on the
-    undivided first step)."""
+    columns are samples, whose curvature history means nothing). Under a GradScaler MTLOptimizer
+    gives it the unscaled gradients (``scale_linear = False``)."""
 
     name = "excess_mtl"
     feature_level = False  # Ê sums over the parameters; feature gradients are per sample
+    scale_linear = False  # Ê and its history follow G's scale: a GradScaler's must not enter them
     _KEYS = ("root", "weights", "baseline", "warmup_sum", "count")
 
     def __init__(self, *, robust_step_size: float = 1.0, n_warmup_steps: int = 0, impl: str = "auto"):
@@ -407,7 +400,7 @@ class ExcessMTL(ElementwiseMethod):
                 "warmup_sum": self.warmup_sum, "count": self.count}
 
     def load_state_dict(self, state: dict) -> None:
-        _check_keys(self.name, state, set(self._KEYS))
+        check_keys(self.name, state, set(self._KEYS))
         values = [state[key] for key in self._KEYS]
         if all(value is None for value in values):
             self.root = self.task_weights = self.baseline = self.warmup_sum = self.count = None
