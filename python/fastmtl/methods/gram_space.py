@@ -115,7 +115,9 @@ class AlignedMTL(GramWeighting):
         return torch.ops.fastmtl.aligned_mtl_weights(K, self.options["scale_mode"])
 
 
-def aligned_mtl_weights(K: torch.Tensor, scale_mode: str) -> torch.Tensor:
+def aligned_mtl_weights(K: torch.Tensor, scale_mode: str, pref: torch.Tensor | None = None) -> torch.Tensor:
+    """B · pref, pref the preference vector (1/T per task by default, the method's; a [T] float64
+    tensor on K's device otherwise: torchjd's ``pref_vector``, used by fastmtl.compat.torchjd)."""
     T = K.shape[0]
     eigenvalues, V = torch.linalg.eigh(K)
     tolerance = eigenvalues.max() * T * torch.finfo(K.dtype).eps
@@ -131,4 +133,6 @@ def aligned_mtl_weights(K: torch.Tensor, scale_mode: str) -> torch.Tensor:
     B = scale.clamp_min(0).sqrt() * (V * inv_sqrt) @ V.T
     identity = torch.eye(T, dtype=K.dtype, device=K.device)
     B = torch.where(kept.any(), B, identity)
-    return B @ torch.full((T,), 1.0 / T, dtype=K.dtype, device=K.device)
+    if pref is None:
+        pref = torch.full((T,), 1.0 / T, dtype=K.dtype, device=K.device)
+    return B @ pref

@@ -128,7 +128,13 @@ class ConFIG(GramWeighting):
     whose error check synchronises with the host once per weight update on a GPU (no error-free
     form in torch). Gram space squares the condition number: gradients whose unit vectors are
     nearly dependent (smallest singular value below ~1e-7 of the largest) are cut by the rank
-    threshold where torchjd's SVD of the unit rows would still keep them."""
+    threshold where torchjd's SVD of the unit rows would still keep them.
+
+    The rank threshold follows the precision K was accumulated in (``gram(G)`` records it, as
+    PCD): eigenvalues of K_u below 8 T eps of that dtype are rounding noise. float32 gradients
+    give a float32-accumulated K whose noise eigenvalues are ~1e-7 relative, far above a float64
+    threshold: pinv would then divide by noise (torchjd's unchanged unit tests on rank-deficient
+    float32 Jacobians, run through fastmtl.compat.torchjd, found updates of 1e30)."""
 
     name = "config"
 
@@ -136,6 +142,22 @@ class ConFIG(GramWeighting):
         if pref_vector is not None:
             pref_vector = _vector_option(self.name, "pref_vector", pref_vector)
         self._set_options(pref_vector=pref_vector, impl=impl)
+        self._gram_dtype: torch.dtype | None = None
+        self._pinv_rtol = _PINV_RTOL
+
+    def gram(self, G: torch.Tensor) -> torch.Tensor:
+        K = super().gram(G)
+        self._gram_dtype = accumulate_dtype(G.dtype)
+        return K
+
+    def weights(self, K: torch.Tensor) -> torch.Tensor:
+        # K's precision: that of G's accumulation when gram(G) made it (K may be float64 then, e.g.
+        # rescued from an overflow or on CUDA), else K's own dtype (a direct weights(K) call).
+        dtype = self._gram_dtype if K.dtype == torch.float64 and self._gram_dtype is not None else K.dtype
+        self._gram_dtype = None
+        dtype = dtype if dtype.is_floating_point else torch.float64
+        self._pinv_rtol = 8 * torch.finfo(dtype).eps
+        return super().weights(K)
 
     def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
         T = K.shape[0]
@@ -148,7 +170,7 @@ class ConFIG(GramWeighting):
         norms = K.diagonal().clamp_min(0).sqrt()
         inverse = torch.where(norms > 0, 1 / torch.where(norms > 0, norms, 1.0), torch.zeros_like(norms))
         K_unit = K * torch.outer(inverse, inverse)
-        a = torch.linalg.pinv(K_unit, hermitian=True, rtol=_PINV_RTOL * T) @ w
+        a = torch.linalg.pinv(K_unit, hermitian=True, rtol=self._pinv_rtol * T) @ w
         c = inverse * a
         length_times_norm = (K @ c).sum()  # Σ_i g_i · (Gᵀc)
         norm_sq = a @ K_unit @ a  # |Gᵀc|² = |Uᵀa|², free of G's scale
