@@ -38,17 +38,28 @@ def missing_reason() -> str | None:
 
 
 def _register_packages() -> None:
-    """Stand-ins for LibMTL's package modules (their __init__ would import torchvision)."""
+    """Stand-ins for LibMTL's package modules (their __init__ would import torchvision): LibMTL,
+    LibMTL.weighting and LibMTL.architecture, each pointing at its folder, so that their modules
+    (and LibMTL.trainer, _record, utils, loss, metrics, which import only those) load."""
     root = importlib.util.find_spec("LibMTL").submodule_search_locations[0]
-    parent = None
-    for name, folder in (("LibMTL", root), ("LibMTL.weighting", os.path.join(root, "weighting"))):
+    for name, folder in (("LibMTL", root), ("LibMTL.weighting", os.path.join(root, "weighting")),
+                         ("LibMTL.architecture", os.path.join(root, "architecture"))):
         if name not in sys.modules:
             spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
             spec.submodule_search_locations = [folder]
             sys.modules[name] = importlib.util.module_from_spec(spec)
-        if parent is not None:
-            parent.weighting = sys.modules[name]
-        parent = sys.modules[name]
+        if name != "LibMTL":
+            setattr(sys.modules["LibMTL"], name.split(".")[1], sys.modules[name])
+
+
+def module(name: str):
+    """A LibMTL module without its package's __init__, e.g. module("trainer") for LibMTL.trainer,
+    module("architecture.HPS"), module("loss")."""
+    reason = missing_reason()
+    if reason is not None:
+        raise RuntimeError(reason)
+    _register_packages()
+    return importlib.import_module(f"LibMTL.{name}")
 
 
 def weighting_class(name: str) -> type:
