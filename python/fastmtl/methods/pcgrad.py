@@ -1,7 +1,7 @@
 """PCGrad (Yu et al. 2020, "Gradient Surgery for Multi-Task Learning", Alg. 1).
 
 Scale: ``reduction="sum"`` (default) returns Σ_i g_iᴾᶜ like the paper and torchjd;
-``reduction="mean"`` divides by T like LibMTL. The official TF code never shuffles the task
+``reduction="mean"`` divides by T like Pytorch-PCGrad's default (LibMTL 1.1.5 sums). The official TF code never shuffles the task
 order: ``shuffle=False`` reproduces it. Exact in Gram space (weights from K, then w · G).
 """
 
