@@ -2,9 +2,12 @@
 ResNet-style CNN): plain summed loss, the T per-task backward passes alone, fastmtl methods
 (also with every=4), torchjd (mtl_backward + jac_to_grad) and a LibMTL-style PCGrad loop.
 Medians of step times; with --memory, the peak resident memory of each variant, each run in a
-fresh process.
+fresh process. With --bridges, instead: each peer's own training step against the same step with
+the import switched to fastmtl's bridge (fastmtl.compat: torchjd's UPGrad and MGDA in
+mtl_backward + jac_to_grad, LibMTL 1.1.5's PCGrad weighting driven as its Trainer drives it, and
+Pytorch-PCGrad's pc_backward, re-implemented in fastmtl.apps.bench.peers).
 
-    python benchmarks/training_step.py [--model mlp|cnn] [-T 2,4,8] [--steps 40] [--memory]
+    python benchmarks/training_step.py [--model mlp|cnn] [-T 2,4,8] [--steps 40] [--memory | --bridges]
 """
 
 from __future__ import annotations
@@ -107,6 +110,94 @@ def step_ms(kind: str, tasks: int, variant: str, steps: int) -> float:
     return 1e3 * statistics.median(times[5:])
 
 
+# Each pair: the peer's step, and the same step with the import switched to fastmtl.compat.
+BRIDGES = [("torchjd upgrad", "bridge upgrad"), ("torchjd mgda", "bridge mgda"),
+           ("libmtl pcgrad", "bridge libmtl pcgrad"), ("pytorch-pcgrad", "bridge pcgrad")]
+
+
+def _libmtl_weighting(cls, shared: list, tasks: int):
+    """A LibMTL weighting with the attributes its Trainer gives it (an HPS-like model: ``shared``
+    is the encoder; ``zero_grad_share_params`` zeroes in place, as torch did when LibMTL was written)."""
+
+    class Harness(cls):
+        def get_share_params(self):
+            return iter(shared)
+
+        def zero_grad_share_params(self):
+            for p in shared:
+                if p.grad is not None:
+                    p.grad.zero_()
+
+    weighting = Harness()
+    weighting.task_num, weighting.device, weighting.rep_grad, weighting.epoch = tasks, torch.device("cpu"), False, 0
+    weighting.init_param()
+    return weighting
+
+
+def bridge_step_ms(kind: str, tasks: int, variant: str, steps: int) -> float:
+    """Median ms of one training step of ``variant`` (a name of BRIDGES)."""
+    encoder, heads, x, y = make_model(kind, tasks)
+    params = [*encoder.parameters(), *heads.parameters()]
+    base = torch.optim.SGD(params, lr=1e-3)
+    bridged = variant.startswith("bridge")
+    if "upgrad" in variant or "mgda" in variant:
+        from torchjd.autojac import jac_to_grad, mtl_backward
+
+        if bridged:
+            import fastmtl.compat.torchjd as aggregation
+        else:
+            import torchjd.aggregation as aggregation
+        aggregator = aggregation.UPGrad() if "upgrad" in variant else aggregation.MGDA()
+
+        def backward(losses, z):
+            mtl_backward(losses, features=z)
+            jac_to_grad(list(encoder.parameters()), aggregator)
+    elif "libmtl" in variant:
+        if bridged:
+            from fastmtl.compat.libmtl import PCGrad as weighting_class
+        else:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            import libmtl_oracle  # LibMTL's own weighting, loaded without its package __init__
+
+            weighting_class = libmtl_oracle.weighting_class("PCGrad")
+        weighting = _libmtl_weighting(weighting_class, list(encoder.parameters()), tasks)
+
+        def backward(losses, z):
+            weighting.backward(torch.stack(losses))
+    else:
+        if bridged:
+            from fastmtl.compat.pcgrad import PCGrad
+
+            wrapper = PCGrad(base)
+
+            def backward(losses, z):
+                wrapper.pc_backward(losses)
+        else:
+            def backward(losses, z):
+                peers.pytorch_pcgrad_style_backward(losses, params)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        z = encoder(x)
+        losses = [torch.nn.functional.cross_entropy(head(z), y[:, t]) for t, head in enumerate(heads)]
+        base.zero_grad()
+        backward(losses, z)
+        base.step()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times[5:])
+
+
+def print_bridges(kind: str, task_counts: list[int], steps: int) -> None:
+    print("| T | " + " | ".join(f"{peer} | {bridge} | speed-up" for peer, bridge in BRIDGES) + " |")
+    print("|" + "---|" * (1 + 3 * len(BRIDGES)))
+    for T in task_counts:
+        cells = []
+        for peer, bridge in BRIDGES:
+            ms_peer, ms_bridge = bridge_step_ms(kind, T, peer, steps), bridge_step_ms(kind, T, bridge, steps)
+            cells.append(f"{ms_peer:.2f} | {ms_bridge:.2f} | {ms_peer / ms_bridge:.2f}×")
+        print(f"| {T} | " + " | ".join(cells) + " |")
+
+
 def _status_mb(field: str) -> float:
     with open("/proc/self/status") as status:
         return next(float(line.split()[1]) / 1024 for line in status if line.startswith(field + ":"))
@@ -130,8 +221,13 @@ def main() -> None:
     parser.add_argument("-T", default="2,4,8")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--memory", action="store_true", help="also the peak RSS of each variant (fresh processes)")
+    parser.add_argument("--bridges", action="store_true", help="each peer's step against fastmtl.compat's bridge")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
+    if args.bridges:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model}; median ms per step")
+        print_bridges(args.model, [int(t) for t in args.T.split(",")], args.steps)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model}; median ms per step"
           + ("; peak memory of the steps over the process's resident baseline, MB" if args.memory else ""))
     print("| T | " + " | ".join(VARIANTS) + " | pcgrad / per-task | pcgrad every=4 / plain | torchjd pcgrad / pcgrad |")

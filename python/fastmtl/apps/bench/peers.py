@@ -67,3 +67,33 @@ def per_pair_cka(thetas: list[torch.Tensor]) -> torch.Tensor:
             ka, kb = H @ (a @ a.T) @ H, H @ (b @ b.T) @ H
             S[i, j] = S[j, i] = torch.trace(ka @ kb) / torch.sqrt(torch.trace(ka @ ka) * torch.trace(kb @ kb))
     return S
+
+
+def pytorch_pcgrad_style_backward(objectives, params) -> None:
+    """Pytorch-PCGrad's ``pc_backward`` (github.com/WeiChengTseng/Pytorch-PCGrad; re-implemented
+    here, not copied), its cost model kept: one backward per objective into ``.grad``, the flattened
+    gradients and "has a gradient" masks, the projection loop over full vectors with a Python
+    ``if`` per pair (a host sync), the mean over the objectives on the parameters every objective
+    reaches and the sum elsewhere, written back to ``.grad``."""
+    grads, masks = [], []
+    for objective in objectives:
+        for p in params:
+            p.grad = None
+        objective.backward(retain_graph=True)
+        grads.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]))
+        masks.append(torch.cat([torch.full((p.numel(),), p.grad is not None, dtype=torch.bool) for p in params]))
+    shared = torch.stack(masks).prod(0).bool()
+    projected, tasks = [g.clone() for g in grads], list(range(len(grads)))
+    for g_i in projected:
+        random.shuffle(tasks)
+        for j in tasks:
+            dot = torch.dot(g_i, grads[j])
+            if dot < 0:
+                g_i -= dot * grads[j] / grads[j].norm() ** 2
+    merged = torch.zeros_like(grads[0])
+    merged[shared] = torch.stack([g[shared] for g in projected]).mean(0)
+    merged[~shared] = torch.stack([g[~shared] for g in projected]).sum(0)
+    offset = 0
+    for p in params:
+        p.grad = merged[offset:offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
