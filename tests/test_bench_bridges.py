@@ -37,8 +37,10 @@ def test_the_pytorch_pcgrad_peer_computes_what_the_bridge_computes():
 
     import random
 
-    largest = max(float(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params, allow_unused=True)
-                                   if g is not None]).norm()) for loss in losses())  # max_t |g_t|
+    task_losses = losses()
+    largest = max(float(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params, allow_unused=True,
+                                                                             retain_graph=True)
+                                   if g is not None]).norm()) for loss in task_losses)  # max_t |g_t|
     random.seed(0)
     peers.pytorch_pcgrad_style_backward(losses(), params)
     theirs = [p.grad.clone() for p in params]
