@@ -187,14 +187,48 @@ def bridge_step_ms(kind: str, tasks: int, variant: str, steps: int) -> float:
     return 1e3 * statistics.median(times[5:])
 
 
-def print_bridges(kind: str, task_counts: list[int], steps: int) -> None:
+def aggregator_ms(tasks: int, name: str, bridged: bool, size: int = 400_000, calls: int = 20) -> float:
+    """Median ms of one torchjd aggregator call on a random float32 J [tasks, size]: the part of
+    the step the bridge replaces (the backward passes are the same on both sides)."""
+    if bridged:
+        import fastmtl.compat.torchjd as aggregation
+    else:
+        import torchjd.aggregation as aggregation
+    aggregator = getattr(aggregation, name)()
+    J = torch.randn(tasks, size, generator=torch.Generator().manual_seed(0))
+    aggregator(J)  # warm up
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        aggregator(J)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def print_bridges(kind: str, task_counts: list[int], steps: int, repeats: int = 5) -> None:
     print("| T | " + " | ".join(f"{peer} | {bridge} | speed-up" for peer, bridge in BRIDGES) + " |")
     print("|" + "---|" * (1 + 3 * len(BRIDGES)))
     for T in task_counts:
         cells = []
         for peer, bridge in BRIDGES:
-            ms_peer, ms_bridge = bridge_step_ms(kind, T, peer, steps), bridge_step_ms(kind, T, bridge, steps)
+            # Alternating runs, the median of each side's medians: the steps are dominated by the
+            # same T backward passes on both sides, so order and machine noise would otherwise
+            # weigh as much as the difference measured.
+            runs = {peer: [], bridge: []}
+            for _ in range(repeats):
+                for variant in (peer, bridge):
+                    runs[variant].append(bridge_step_ms(kind, T, variant, steps))
+            ms_peer, ms_bridge = statistics.median(runs[peer]), statistics.median(runs[bridge])
             cells.append(f"{ms_peer:.2f} | {ms_bridge:.2f} | {ms_peer / ms_bridge:.2f}×")
+        print(f"| {T} | " + " | ".join(cells) + " |")
+    print("\nThe aggregation alone, J [T, 400000] float32, median ms (torchjd / bridge, speed-up):")
+    print("| T | UPGrad | MGDA |")
+    print("|---|---|---|")
+    for T in task_counts:
+        cells = []
+        for name in ("UPGrad", "MGDA"):
+            theirs, ours = aggregator_ms(T, name, False), aggregator_ms(T, name, True)
+            cells.append(f"{theirs:.2f} / {ours:.2f} ({theirs / ours:.1f}×)")
         print(f"| {T} | " + " | ".join(cells) + " |")
 
 
