@@ -347,3 +347,22 @@ def test_import_without_torchjd_names_the_extra():
             "    print(error)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert 'pip install "fastmtl[torchjd]"' in out.stdout, out.stdout + out.stderr
+
+
+def test_weighting_hooks_fire_and_state_dict_carries_the_state():
+    # torchjd's way to watch the weights: a forward hook on the aggregator's weighting. It fires
+    # here too, with the same result as the fused path; and nn.Module's state_dict carries the
+    # method's state, so a checkpoint resumes GradVac's targets.
+    seen = []
+    hooked, plain = fj.UPGrad(), fj.UPGrad()
+    hooked.gramian_weighting.register_forward_hook(lambda module, args, out: seen.append(out))
+    J = torch.randn(4, 30, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.equal(hooked(J), plain(J)) and len(seen) == 1 and seen[0].shape == (4,)
+    first = fj.GradVac()
+    first(J)
+    second = fj.GradVac()
+    second.load_state_dict(first.state_dict())
+    assert torch.equal(second.method.state_dict()["targets"], first.method.state_dict()["targets"])
+    assert torch.equal(second(J), first(J))
+    with pytest.raises(ValueError, match="computes 'upgrad'"):
+        fj.UPGrad().load_state_dict({"gramian_weighting._extra_state": {"method": "gradvac", "state": {}}})

@@ -413,3 +413,45 @@ def test_process_group_two_ranks():
         ranks = [torch.load(f"{results}.{rank}") for rank in range(size)]
     for result in ranks:
         assert result == {"equal": True, "same": True, "raised": True}, result
+
+
+def test_a_task_reaching_none_of_the_shared_parameters_is_refused():
+    # Tasks 0 and 1 share the encoder, task 2 has its own: a zero row of G for task 2 would make
+    # MGDA's minimum-norm point 0 and stop the encoder; refused, naming the task.
+    net, other = Net(), torch.nn.Linear(4, 5).double()
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD([*net.parameters(), *other.parameters()], lr=0.1), "mgda", shared="auto")
+    x, y = data()
+    z = net.encoder(x)
+    losses = [(net.heads[t](z).squeeze(1) - y[:, t]).pow(2).mean() for t in range(2)]
+    losses.append((net.heads[2](torch.tanh(other(x))).squeeze(1) - y[:, 2]).pow(2).mean())
+    with pytest.raises(ValueError, match=r"task\(s\) \[2\] reach none"):
+        opt.backward(losses)
+
+
+def test_reentrant_checkpointing_is_refused_with_advice():
+    from torch.utils.checkpoint import checkpoint
+
+    net = Net()
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "pcgrad", shared="auto")
+    x, y = data()
+    z = checkpoint(net.encoder, x.requires_grad_(), use_reentrant=True)
+    with pytest.raises(ValueError, match="use_reentrant=False"):
+        opt.backward([(head(z).squeeze(1) - y[:, t]).pow(2).mean() for t, head in enumerate(net.heads)])
+    # The non-reentrant form keeps the encoder in the graph: found as with explicit parameters.
+    z = checkpoint(net.encoder, x, use_reentrant=False)
+    opt.backward([(head(z).squeeze(1) - y[:, t]).pow(2).mean() for t, head in enumerate(net.heads)])
+    assert [id(p) for p in opt.shared_parameters()] == [id(p) for p in net.encoder.parameters()]
+
+
+def test_replacing_a_parameter_in_the_optimizer_derives_the_group_again():
+    net = Net()
+    opt = fastmtl.MTLOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "sum", shared="auto")
+    x, y = data()
+    opt.backward(net.losses(x, y))
+    fresh = torch.nn.Parameter(net.encoder[0].weight.detach().clone())
+    group = opt.optimizer.param_groups[0]["params"]
+    group[group.index(net.encoder[0].weight)] = fresh
+    net.encoder[0].weight = fresh
+    opt.zero_grad()
+    opt.backward(net.losses(x, y))
+    assert any(p is fresh for p in opt.shared_parameters())

@@ -92,9 +92,11 @@ class MTLOptimizer(torch.optim.Optimizer):
     its method's state before any backward; its first backward derives the group again from the
     graphs. ``add_shared_group`` and ``branch`` need the group first (a backward); after them the
     groups are explicit (no longer derived). With a process group, every rank must find the same
-    parameters (checked). Not with FSDP2-sharded parameters (the forward runs on unsharded copies)
-    nor with reentrant activation checkpointing (its parameters are not in the graph before the
-    backward): give ``shared`` explicitly there.
+    parameters (checked). Not with FSDP2-sharded parameters (the forward runs on unsharded copies:
+    give ``shared`` explicitly) nor with reentrant activation checkpointing (raises; use
+    ``use_reentrant=False``, which the per-task passes need anyway). It decides per parameter
+    tensor: a fused head sliced per task, or a penalty on every parameter added to each task's
+    loss, makes those tensors shared (check ``shared_parameters()``).
     ``process_group``: average over these processes (see the module docstring; a
     DistributedDataParallel model stands for its process group, and its forward must then run
     under ``model.no_sync()``: DDP's own reducer supports one backward per forward), with ``reduce``
@@ -188,7 +190,7 @@ class MTLOptimizer(torch.optim.Optimizer):
         if not self.auto:
             return
         held = [p for group in self.optimizer.param_groups for p in group["params"]]
-        key = (len(losses), features is None, tuple(p.requires_grad for p in held))
+        key = (len(losses), features is None, tuple((id(p), p.requires_grad) for p in held))
         if key == self._derived_for:
             return
         T = len(losses)
@@ -213,9 +215,17 @@ class MTLOptimizer(torch.optim.Optimizer):
                                       "parameters from each task (or give shared explicitly)")
         if not found:
             raise ValueError(self._nothing_shared(masks, T, features is not None))
+        found_masks = [mask for (i, _), mask in zip(candidates, masks) if i in set(found)]
+        apart = [t for t in range(T) if not any(mask >> t & 1 for mask in found_masks)]
+        if apart:  # a zero row in G: MGDA and the like would stop the shared parameters for it
+            raise ValueError(f"shared='auto': task(s) {apart} reach none of the parameters the other tasks share (the "
+                             "group would give them zero gradient rows): give shared explicitly, with task-subset "
+                             "groups ({'params': ..., 'tasks': [...]}) for the parts only some tasks use")
         params = shared_parameter_list([held[i] for i in found], "shared='auto' (the parameters two or more task "
                                        "losses reach)")
         if self.groups:
+            if [id(p) for p in self.groups[0].params] != [id(p) for p in params]:
+                self.groups[0].weights = None  # every=k's weights were for the old parameters' K
             self.groups[0].params = params
         else:
             self.groups = [SharedGroup(params, None, self.method)]
@@ -230,7 +240,8 @@ class MTLOptimizer(torch.optim.Optimizer):
         return (f"shared='auto': no trainable parameter of the wrapped optimizer is reached by two or more of the {T} "
                 f"task losses{where} ({apart} of its parameters, none reached by two tasks: each task reaches only "
                 "its own parameters). Check that the tasks share an encoder and that it trains (requires_grad), or "
-                "give shared explicitly")
+                "give shared explicitly (also for flat-parameter wrappers such as FSDP1, whose forward hides the "
+                "optimizer's parameters from the graph)")
 
     def _no_auto_yet(self, what: str) -> None:
         """add_shared_group and branch rework the groups: with shared='auto' they need the derived

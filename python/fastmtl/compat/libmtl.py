@@ -113,6 +113,12 @@ class _FastWeighting(AbsWeighting):
             raise ValueError(f"{self._name} does not support representation gradients (rep_grad=True), "
                              f"as LibMTL's")
 
+    def _grad2vec(self) -> torch.Tensor:
+        """The shared parameters' gradients as one vector, as LibMTL's, but on their device
+        (LibMTL's builds it on the CPU: a device-to-host copy of every shared gradient per task)."""
+        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                          for p in self.get_share_params()])
+
     def _task_gradients(self, losses):
         """(per_grads, G): LibMTL's per-task representation gradients (None when rep_grad is
         False) and G [T, P] of the shared parameters (or of the representation)."""

@@ -28,8 +28,12 @@ Differences from Pytorch-PCGrad: its ``reduction="sum"`` is unreachable (any non
 takes the mean branch) and an unknown reduction is not reported; here "sum" sums and anything but
 "mean" / "sum" raises ValueError. The per-task gradients come from ``torch.autograd.grad`` (the
 graph retained, as there) rather than from T backward passes into ``.grad``, so gradients already
-in ``.grad`` before ``pc_backward`` are replaced, as there. The result equals its loop up to
-floating-point rounding (the Gram-space form accumulates in float64 for float32 gradients).
+in ``.grad`` before ``pc_backward`` are replaced, as there; tensors outside the optimizer get no
+gradient (there, each objective's ``backward`` leaves them Σ_t of theirs). A task is not projected
+onto its own gradient (the paper's j ≠ i); Pytorch-PCGrad's loop includes it, which matters only
+once an earlier projection has made g_iᴾᶜ · g_i < 0 (T >= 3, rare). Otherwise the result equals
+its loop up to floating-point rounding (the Gram-space form accumulates in float64 for float32
+gradients).
 """
 
 from __future__ import annotations

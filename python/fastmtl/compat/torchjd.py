@@ -87,6 +87,7 @@ except ImportError as error:  # pragma: no cover - exercised by tests/test_compa
         f"(or pip install torchjd==0.18.0). The import failed with: {error}") from error
 
 from fastmtl import _validate, functional, methods
+from fastmtl.methods._state import on_device
 from fastmtl.methods.dual_cone import DualProj as _DualProjMethod
 from fastmtl.methods.dual_cone import UPGrad as _UPGradMethod
 from fastmtl.methods.gram_space import AlignedMTL as _AlignedMTLMethod
@@ -100,6 +101,7 @@ def _set_pref(method, pref_vector) -> None:
     # An option of its own (fresh() passes it back to __init__), checked as fastmtl's vectors.
     method.options["pref_vector"] = None if pref_vector is None else _vector_option(method.name, "pref_vector",
                                                                                     pref_vector)
+    method._pref_cache = {}
 
 
 class _PrefUPGrad(_UPGradMethod):
@@ -114,7 +116,7 @@ class _PrefUPGrad(_UPGradMethod):
         if pref is None:
             return None
         _check_length(self.name, "pref_vector", pref, K.shape[0])
-        return torch.tensor(pref, dtype=torch.float64, device=K.device)
+        return on_device(self._pref_cache, pref, K.device)  # copied to a device once, not per call
 
     def rows(self, K: torch.Tensor) -> torch.Tensor:
         pref = self._pref(K)
@@ -219,6 +221,18 @@ class _Bridge:
         """Clears the state (torchjd's ``Stateful.reset``): the next call starts as the first."""
         self._method = self._method.fresh()
 
+    # nn.Module's state_dict carries the fastmtl method's state (GradVac's targets, PCD's EMA, ...)
+    # as this module's extra state, where torchjd registers buffers of its own layout.
+    def get_extra_state(self):
+        return {"method": self._method.name, "state": self._method.state_dict()}
+
+    def set_extra_state(self, state) -> None:
+        if not isinstance(state, dict) or state.get("method") != self._method.name:
+            raise ValueError(f"{type(self).__name__}: the saved state is for "
+                             f"{state.get('method') if isinstance(state, dict) else state!r}, this object computes "
+                             f"{self._method.name!r}")
+        self._method.load_state_dict(state["state"])
+
     def __repr__(self) -> str:
         arguments = ", ".join(f"{name}={value!r}" for name, value in self._values.items())
         return f"{type(self).__name__}({arguments})"
@@ -260,6 +274,17 @@ class _SquareBridge(_Bridge, _MatrixWeighting):
     _crmogm_gram = _GramianBridge._crmogm_gram
 
 
+def _hooked(module: torch.nn.Module) -> bool:
+    """Whether calling ``module`` would run hooks (its own or its submodules', or global ones):
+    torchjd's documented way to watch the weights is a forward hook on the aggregator's weighting,
+    so then the aggregator calls it instead of fusing the weighting into its own computation."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
 class _GramianAggregator(GramianWeightedAggregator):
     """torchjd's GramianWeightedAggregator whose result is ``method(J)`` (fastmtl's Gram, weights
     and combine), ``method`` shared with ``gramian_weighting``."""
@@ -273,7 +298,11 @@ class _GramianAggregator(GramianWeightedAggregator):
 
     def forward(self, matrix: torch.Tensor, /) -> torch.Tensor:
         with torch.no_grad():
-            return self.method(matrix)
+            if not _hooked(self.gramian_weighting):
+                return self.method(matrix)  # the fused path: Gram, weights, combine
+            G = _validate.task_matrix(matrix)  # through the weighting module, so its hooks run
+            weights = self.gramian_weighting(self.method.gram(G))
+            return functional.combine(G, weights, impl=self.method.impl)
 
     def reset(self) -> None:
         self.gramian_weighting.reset()
@@ -294,7 +323,10 @@ class _WeightedAggregator(WeightedAggregator):
 
     def forward(self, matrix: torch.Tensor, /) -> torch.Tensor:
         with torch.no_grad():
-            return self.method(matrix)
+            if not _hooked(self.weighting):
+                return self.method(matrix)
+            G = _validate.task_matrix(matrix)  # through the weighting module, so its hooks run
+            return functional.combine(G, self.weighting(G), impl=getattr(self.method, "impl", "auto"))
 
     def reset(self) -> None:
         self.weighting.reset()
@@ -309,10 +341,6 @@ class _DirectAggregator(_Bridge, Aggregator):
     def forward(self, matrix: torch.Tensor, /) -> torch.Tensor:
         with torch.no_grad():
             return self._method(matrix)
-
-
-def _tensor_or_none(value):
-    return None if value is None else value
 
 
 def _projector_eps(projector) -> tuple[float, float]:

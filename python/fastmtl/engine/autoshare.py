@@ -8,9 +8,11 @@ union of its parents' masks, known once every parent is done. Iterative, so a de
 sequence model, hundreds of layers) cannot hit Python's recursion limit, and each node and edge is
 visited once whatever the number of losses.
 
-Blind spot: reentrant activation checkpointing (``torch.utils.checkpoint(..., use_reentrant=True)``)
-re-runs its forward inside the backward pass, so the parameters inside a checkpointed block are
-not in the graph before ``backward``; the non-reentrant form keeps them there.
+Reentrant activation checkpointing (``torch.utils.checkpoint(..., use_reentrant=True)``) re-runs
+its forward inside the backward pass, so the parameters inside a checkpointed block are not in
+the graph before ``backward``: the walk raises when it meets one (MTLOptimizer's per-task passes
+cannot use it either: torch refuses ``backward(inputs=...)`` through it); the non-reentrant form
+keeps them in the graph and works.
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-_ACCUMULATE = torch._C._functions.AccumulateGrad  # the node that writes a leaf's .grad
+_ACCUMULATE = getattr(getattr(torch._C, "_functions", None), "AccumulateGrad", None)  # writes a leaf's .grad
+
+
+def _accumulates(node) -> bool:
+    """Whether ``node`` is a leaf's AccumulateGrad (by name too, should torch move the class)."""
+    return isinstance(node, _ACCUMULATE) if _ACCUMULATE is not None else type(node).__name__ == "AccumulateGrad"
 
 
 def reaching_losses(roots: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
@@ -48,8 +55,12 @@ def reaching_losses(roots: Sequence[torch.Tensor], params: Sequence[torch.Tensor
     # Discover the union of the graphs and count each node's incoming edges.
     while pending:
         node = pending.pop()
+        if type(node).__name__ == "CheckpointFunctionBackward":
+            raise ValueError("shared='auto' cannot see the parameters inside reentrant activation checkpointing "
+                             "(torch.utils.checkpoint(..., use_reentrant=True)); use use_reentrant=False, which "
+                             "MTLOptimizer's per-task backward passes need anyway")
         nexts = [child for child, _ in node.next_functions if child is not None]
-        if isinstance(node, _ACCUMULATE):
+        if _accumulates(node):
             link = through.get(id(node.variable))
             if link is not None and link.grad_fn is not None:
                 nexts.append(link.grad_fn)
@@ -64,7 +75,7 @@ def reaching_losses(roots: Sequence[torch.Tensor], params: Sequence[torch.Tensor
     while ready:
         node = ready.pop()
         mask = node_mask.get(node, 0)
-        if isinstance(node, _ACCUMULATE) and id(node.variable) in index:
+        if _accumulates(node) and id(node.variable) in index:
             masks[index[id(node.variable)]] |= mask
         for child in children[node]:
             node_mask[child] = node_mask.get(child, 0) | mask

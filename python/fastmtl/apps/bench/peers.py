@@ -15,7 +15,8 @@ _TORCHJD_GRADDROP = GradDrop()
 
 
 def libmtl_style_pcgrad(G: torch.Tensor) -> torch.Tensor:
-    """PCGrad as LibMTL's loop computes it (re-implemented here, not copied).
+    """PCGrad with LibMTL's cost model: a loop over pairs of full vectors (re-implemented here,
+    not copied; it skips j = i as the paper, where LibMTL 1.1.5's loop also meets g_i itself).
 
     O(T²) passes over full P-vectors, and the Python ``if`` on a 0-d tensor forces a host
     sync per pair: that is LibMTL's cost model, kept on purpose.
