@@ -115,25 +115,6 @@ BRIDGES = [("torchjd upgrad", "bridge upgrad"), ("torchjd mgda", "bridge mgda"),
            ("libmtl pcgrad", "bridge libmtl pcgrad"), ("pytorch-pcgrad", "bridge pcgrad")]
 
 
-def _libmtl_weighting(cls, shared: list, tasks: int):
-    """A LibMTL weighting with the attributes its Trainer gives it (an HPS-like model: ``shared``
-    is the encoder; ``zero_grad_share_params`` zeroes in place, as torch did when LibMTL was written)."""
-
-    class Harness(cls):
-        def get_share_params(self):
-            return iter(shared)
-
-        def zero_grad_share_params(self):
-            for p in shared:
-                if p.grad is not None:
-                    p.grad.zero_()
-
-    weighting = Harness()
-    weighting.task_num, weighting.device, weighting.rep_grad, weighting.epoch = tasks, torch.device("cpu"), False, 0
-    weighting.init_param()
-    return weighting
-
-
 def bridge_step_ms(kind: str, tasks: int, variant: str, steps: int) -> float:
     """Median ms of one training step of ``variant`` (a name of BRIDGES)."""
     encoder, heads, x, y = make_model(kind, tasks)
@@ -153,14 +134,15 @@ def bridge_step_ms(kind: str, tasks: int, variant: str, steps: int) -> float:
             mtl_backward(losses, features=z)
             jac_to_grad(list(encoder.parameters()), aggregator)
     elif "libmtl" in variant:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        import libmtl_oracle  # LibMTL's own weighting without its package __init__, and the Trainer's harness
+
         if bridged:
             from fastmtl.compat.libmtl import PCGrad as weighting_class
         else:
-            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-            import libmtl_oracle  # LibMTL's own weighting, loaded without its package __init__
-
             weighting_class = libmtl_oracle.weighting_class("PCGrad")
-        weighting = _libmtl_weighting(weighting_class, list(encoder.parameters()), tasks)
+        weighting = libmtl_oracle.harness(weighting_class, encoder.parameters(), tasks)
+        weighting.init_param()
 
         def backward(losses, z):
             weighting.backward(torch.stack(losses))

@@ -81,6 +81,29 @@ def float64():
         torch.set_default_dtype(previous)
 
 
+def harness(cls: type, shared, n_tasks: int, epochs: int = 100):
+    """An instance of the LibMTL weighting class ``cls`` (LibMTL's, or a bridge's) with what its
+    Trainer gives it: ``shared`` as the shared parameters, ``zero_grad_share_params`` zeroing in
+    place (as torch's zero_grad did when LibMTL was written: ``_reset_grad`` then writes the
+    combined gradient into these tensors), CPU, parameter gradients, epoch 0. ``init_param()`` is
+    left to the caller (it makes the learnable tensors in torch's default dtype)."""
+    shared = list(shared)
+
+    class Harness(cls):
+        def get_share_params(self):
+            return iter(shared)
+
+        def zero_grad_share_params(self):
+            for p in shared:
+                if p.grad is not None:
+                    p.grad.zero_()
+
+    weighting = Harness()
+    weighting.task_num, weighting.device, weighting.rep_grad, weighting.epoch = n_tasks, torch.device("cpu"), False, 0
+    weighting.train_loss_buffer = np.zeros((n_tasks, epochs))
+    return weighting
+
+
 class Run:
     """A LibMTL weighting driven as its Trainer drives it: ``backward(losses, **weight_args)``
     once per batch, ``batches_per_epoch`` batches an epoch, whose mean losses go into
@@ -88,25 +111,7 @@ class Run:
     weighted by batch size: the plain mean for the equal batches used here)."""
 
     def __init__(self, name: str, shared, n_tasks: int, batches_per_epoch: int = 1, epochs: int = 100):
-        shared = list(shared)
-
-        class Harness(weighting_class(name)):
-            def get_share_params(self):
-                return iter(shared)
-
-            def zero_grad_share_params(self):
-                # In place, as torch's zero_grad did when LibMTL was written: _reset_grad then
-                # writes the combined gradient into these tensors.
-                for p in shared:
-                    if p.grad is not None:
-                        p.grad.zero_()
-
-        self.weighting = Harness()
-        self.weighting.task_num = n_tasks
-        self.weighting.device = torch.device("cpu")
-        self.weighting.rep_grad = False
-        self.weighting.epoch = 0
-        self.weighting.train_loss_buffer = np.zeros((n_tasks, epochs))
+        self.weighting = harness(weighting_class(name), shared, n_tasks, epochs)
         with float64():
             self.weighting.init_param()
         self.batches_per_epoch = batches_per_epoch

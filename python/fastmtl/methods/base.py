@@ -193,9 +193,18 @@ class GramWeighting(Method):
     def gram(self, G: torch.Tensor) -> torch.Tensor:
         """K for these weights (float64 where float32 would overflow); a placeholder of the
         right shape when the weights ignore it."""
+        self._gram_dtype = accumulate_dtype(G.dtype)  # for precision_dtype()
         if self.needs_gram:
             return functional.gram_for_weights(G, impl=self.impl)
-        return torch.zeros((G.shape[0], G.shape[0]), dtype=accumulate_dtype(G.dtype), device=G.device)
+        return torch.zeros((G.shape[0], G.shape[0]), dtype=self._gram_dtype, device=G.device)
+
+    def precision_dtype(self, K: torch.Tensor) -> torch.dtype:
+        """The floating dtype whose rounding K carries, for a solve's tolerances (PCD, ConFIG):
+        G's accumulation dtype when ``gram(G)`` made this K (K may be float64 then, rescued from
+        an overflow or on CUDA), else K's own (a direct ``weights(K)`` call). Read once per K."""
+        made, self._gram_dtype = getattr(self, "_gram_dtype", None), None
+        dtype = made if K.dtype == torch.float64 and made is not None else K.dtype
+        return dtype if dtype.is_floating_point else torch.float64
 
     def __call__(self, G: torch.Tensor) -> torch.Tensor:
         G = _validate.task_matrix(G)

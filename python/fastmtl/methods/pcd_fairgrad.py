@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from fastmtl._numerics import accumulate_dtype
 from fastmtl.methods import _options
 from fastmtl.methods._state import check_keys, on_device
 from fastmtl.methods.base import GramWeighting, register
@@ -88,19 +87,11 @@ class PCD(GramWeighting):
         self.sq_norm_ema: torch.Tensor | None = None
         self.n_steps: torch.Tensor | None = None
         self._taus: dict = {}  # device -> the tau vector there
-        self._gram_dtype: torch.dtype | None = None
 
     # ----- the solve ---------------------------------------------------------------------------
 
-    def gram(self, G: torch.Tensor) -> torch.Tensor:
-        K = super().gram(G)
-        self._gram_dtype = accumulate_dtype(G.dtype)
-        return K
-
     def weights(self, K: torch.Tensor) -> torch.Tensor:
-        dtype = self._gram_dtype if K.dtype == torch.float64 and self._gram_dtype is not None else K.dtype
-        self._gram_dtype = None
-        self._precision = pcd_precision(dtype if dtype.is_floating_point else torch.float64)
+        self._precision = pcd_precision(self.precision_dtype(K))
         return super().weights(K)
 
     def _step_inputs(self, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -142,21 +142,10 @@ class ConFIG(GramWeighting):
         if pref_vector is not None:
             pref_vector = _vector_option(self.name, "pref_vector", pref_vector)
         self._set_options(pref_vector=pref_vector, impl=impl)
-        self._gram_dtype: torch.dtype | None = None
         self._pinv_rtol = _PINV_RTOL
 
-    def gram(self, G: torch.Tensor) -> torch.Tensor:
-        K = super().gram(G)
-        self._gram_dtype = accumulate_dtype(G.dtype)
-        return K
-
     def weights(self, K: torch.Tensor) -> torch.Tensor:
-        # K's precision: that of G's accumulation when gram(G) made it (K may be float64 then, e.g.
-        # rescued from an overflow or on CUDA), else K's own dtype (a direct weights(K) call).
-        dtype = self._gram_dtype if K.dtype == torch.float64 and self._gram_dtype is not None else K.dtype
-        self._gram_dtype = None
-        dtype = dtype if dtype.is_floating_point else torch.float64
-        self._pinv_rtol = 8 * torch.finfo(dtype).eps
+        self._pinv_rtol = 8 * torch.finfo(self.precision_dtype(K)).eps
         return super().weights(K)
 
     def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
