@@ -199,7 +199,8 @@ class _Bridge:
         self._method = self._build(values)
 
     def _build(self, values: dict):
-        raise NotImplementedError
+        """The fastmtl method for these torchjd arguments: every bridge class defines its own."""
+        raise TypeError(f"{type(self).__name__} does not define _build (a bridge class must)")
 
     def _set_option(self, name: str, value) -> None:
         values = {**self._values, name: value}
