@@ -25,18 +25,23 @@ from fastmtl.apps.bench.report import OURS, size_label
 
 SOLVE_TASKS = [4, 8, 16, 64]
 AGGREGATE_SIZES = [(8, 100_000), (8, 1_000_000), (32, 100_000)]  # the table
-METHODS = ["pcgrad", "mgda", "upgrad", "dualproj", "imtl_g", "aligned_mtl", "nash_mtl", "cagrad", "gradvac"]
+METHODS = ["pcgrad", "mgda", "upgrad", "dualproj", "imtl_g", "aligned_mtl", "nash_mtl", "cagrad", "gradvac", "pcd",
+           "fairgrad", "modo", "sdmgrad"]
+# Options both sides share where a method has required ones (FairGrad's α).
+OPTIONS = {"fairgrad": {"alpha": 1.0}}
 
 # torchjd's counterpart of each method with fastmtl's defaults (CAGrad's c = 0.5).
 TORCHJD_WEIGHTING = {
     "pcgrad": jd.PCGradWeighting, "mgda": jd.MGDAWeighting, "upgrad": jd.UPGradWeighting,
     "dualproj": jd.DualProjWeighting, "imtl_g": jd.IMTLGWeighting, "aligned_mtl": jd.AlignedMTLWeighting,
-    "cagrad": lambda: jd.CAGradWeighting(c=0.5), "gradvac": jd.GradVacWeighting,
+    "cagrad": lambda: jd.CAGradWeighting(c=0.5), "gradvac": jd.GradVacWeighting, "pcd": jd.PCDWeighting,
+    "fairgrad": lambda: jd.FairGradWeighting(alpha=1.0), "modo": jd.MoDoWeighting, "sdmgrad": jd.SDMGradWeighting,
 }
 TORCHJD_AGGREGATOR = {
     "pcgrad": jd.PCGrad, "mgda": jd.MGDA, "upgrad": jd.UPGrad, "dualproj": jd.DualProj, "imtl_g": jd.IMTLG,
-    "aligned_mtl": jd.AlignedMTL, "cagrad": lambda: jd.CAGrad(c=0.5), "gradvac": jd.GradVac,
-}
+    "aligned_mtl": jd.AlignedMTL, "cagrad": lambda: jd.CAGrad(c=0.5), "gradvac": jd.GradVac, "pcd": jd.PCD,
+    "fairgrad": lambda: jd.FairGrad(alpha=1.0),
+}  # MoDo and SDMGrad are weightings only in torchjd (their input is a two-batch A)
 
 
 def _skip_without_extension(candidate: str) -> None:
@@ -50,17 +55,22 @@ def _solve_candidate(method: str, candidate: str):
             pytest.skip(f"torchjd has no Gramian weighting for {method}")
         return TORCHJD_WEIGHTING[method]()
     impl = "cpp" if candidate == OURS else "torch"
-    return fastmtl.methods.create(method, impl=impl).weights
+    return fastmtl.methods.create(method, impl=impl, **OPTIONS.get(method, {})).weights
 
 
 def _aggregate_candidate(method: str, candidate: str, T: int):
     if candidate == "torchjd":
-        return jd.NashMTL(n_tasks=T) if method == "nash_mtl" else TORCHJD_AGGREGATOR[method]()
+        if method == "nash_mtl":
+            return jd.NashMTL(n_tasks=T)
+        if method not in TORCHJD_AGGREGATOR:
+            pytest.skip(f"torchjd has no aggregator for {method}")
+        return TORCHJD_AGGREGATOR[method]()
     impl = "cpp" if candidate == OURS else "torch"
+    options = OPTIONS.get(method, {})
     if impl == "torch":  # the Gram and combine passes compiled, only the solve in torch ops
-        solver = fastmtl.methods.create(method, impl="torch")
+        solver = fastmtl.methods.create(method, impl="torch", **options)
         return lambda G: functional.combine(G, solver.weights(functional.gram_for_weights(G)))
-    return fastmtl.methods.create(method, impl="cpp")
+    return fastmtl.methods.create(method, impl="cpp", **options)
 
 
 @pytest.mark.parametrize("T", SOLVE_TASKS)
