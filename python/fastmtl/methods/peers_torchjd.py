@@ -26,6 +26,7 @@ import torch
 from fastmtl import _validate
 from fastmtl._numerics import accumulate_dtype
 from fastmtl.methods import _options
+from fastmtl.methods._state import on_device
 from fastmtl.methods.base import ElementwiseMethod, GramWeighting, _impl, register
 
 
@@ -79,10 +80,11 @@ class Constant(GramWeighting):
 
     def __init__(self, *, weights, impl: str = "auto"):
         self._set_options(weights=_vector_option(self.name, "weights", weights), impl=impl)
+        self._constants: dict = {}
 
     def solve(self, K: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
         _check_length(self.name, "weights", self.options["weights"], K.shape[0])
-        return torch.tensor(self.options["weights"], dtype=K.dtype, device=K.device)
+        return on_device(self._constants, self.options["weights"], K.device).to(K.dtype)  # copied once per device
 
     def weights(self, K: torch.Tensor) -> torch.Tensor:
         return self.solve(K.double(), None)  # as sum/mean: no NaN policy on K
@@ -143,6 +145,7 @@ class ConFIG(GramWeighting):
             pref_vector = _vector_option(self.name, "pref_vector", pref_vector)
         self._set_options(pref_vector=pref_vector, impl=impl)
         self._pinv_rtol = _PINV_RTOL
+        self._constants: dict = {}
 
     def weights(self, K: torch.Tensor) -> torch.Tensor:
         self._pinv_rtol = 8 * torch.finfo(self.precision_dtype(K)).eps
@@ -155,7 +158,7 @@ class ConFIG(GramWeighting):
             w = torch.ones(T, dtype=K.dtype, device=K.device)
         else:
             _check_length(self.name, "pref_vector", pref, T)
-            w = torch.tensor(pref, dtype=K.dtype, device=K.device)
+            w = on_device(self._constants, pref, K.device).to(K.dtype)  # copied once per device
         norms = K.diagonal().clamp_min(0).sqrt()
         inverse = torch.where(norms > 0, 1 / torch.where(norms > 0, norms, 1.0), torch.zeros_like(norms))
         K_unit = K * torch.outer(inverse, inverse)
