@@ -72,6 +72,21 @@ def libmtl_style_step(encoder, heads, losses):
         p.grad = g
 
 
+def timed_steps(encoder, heads, x, y, base, stepper, backward, steps: int) -> list[float]:
+    """Seconds of each of ``steps`` training steps: forward, the T cross-entropy losses,
+    ``base.zero_grad()``, ``backward(losses, z)``, ``stepper.step()``."""
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        z = encoder(x)
+        losses = [torch.nn.functional.cross_entropy(head(z), y[:, t]) for t, head in enumerate(heads)]
+        base.zero_grad()
+        backward(losses, z)
+        stepper.step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def step_ms(kind: str, tasks: int, variant: str, steps: int) -> float:
     encoder, heads, x, y = make_model(kind, tasks)
     params = [*encoder.parameters(), *heads.parameters()]
@@ -86,12 +101,7 @@ def step_ms(kind: str, tasks: int, variant: str, steps: int) -> float:
         from torchjd.autojac import jac_to_grad, mtl_backward
 
         aggregator = PCGrad() if variant.endswith("pcgrad") else MGDA()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        z = encoder(x)
-        losses = [torch.nn.functional.cross_entropy(head(z), y[:, t]) for t, head in enumerate(heads)]
-        base.zero_grad()
+    def backward(losses, z):
         if variant == "plain":
             sum(losses).backward()
         elif opt is not None:
@@ -102,8 +112,8 @@ def step_ms(kind: str, tasks: int, variant: str, steps: int) -> float:
             jac_to_grad(list(encoder.parameters()), aggregator)
         else:
             libmtl_style_step(encoder, heads, losses)
-        (opt or base).step()  # MTLOptimizer.step counts steps for every=k
-        times.append(time.perf_counter() - start)
+
+    times = timed_steps(encoder, heads, x, y, base, opt or base, backward, steps)  # MTLOptimizer counts every=k
     if "every" in variant:  # steps differ within a cycle of 4: average whole cycles after the first
         cycles = (steps - 4) // 4
         return 1e3 * statistics.mean(times[4 : 4 + 4 * cycles])
@@ -157,16 +167,7 @@ def bridge_step_ms(kind: str, tasks: int, variant: str, steps: int) -> float:
         else:
             def backward(losses, z):
                 peers.pytorch_pcgrad_style_backward(losses, params)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        z = encoder(x)
-        losses = [torch.nn.functional.cross_entropy(head(z), y[:, t]) for t, head in enumerate(heads)]
-        base.zero_grad()
-        backward(losses, z)
-        base.step()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times[5:])
+    return 1e3 * statistics.median(timed_steps(encoder, heads, x, y, base, base, backward, steps)[5:])
 
 
 def aggregator_ms(tasks: int, name: str, bridged: bool, size: int = 400_000, calls: int = 20) -> float:
