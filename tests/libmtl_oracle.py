@@ -37,6 +37,15 @@ def missing_reason() -> str | None:
     return None
 
 
+def skip_unless_installed() -> None:
+    """Skips the calling test (pytest.skip, with the reason) when LibMTL 1.1.5 is not installed."""
+    reason = missing_reason()
+    if reason is not None:
+        import pytest
+
+        pytest.skip(reason)
+
+
 def _register_packages() -> None:
     """Stand-ins for LibMTL's package modules (their __init__ would import torchvision): LibMTL,
     LibMTL.weighting and LibMTL.architecture, each pointing at its folder, so that their modules

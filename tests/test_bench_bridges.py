@@ -21,8 +21,7 @@ def test_every_bridge_variant_runs(variant):
     if "libmtl" in variant:
         import libmtl_oracle
 
-        if libmtl_oracle.missing_reason():
-            pytest.skip(libmtl_oracle.missing_reason())
+        libmtl_oracle.skip_unless_installed()
     assert training_step.bridge_step_ms("mlp", 2, variant, 6) > 0
 
 

@@ -53,9 +53,7 @@ P_SHARED = IN * H + H + H * OUT + OUT
 
 @pytest.fixture(scope="module")
 def lib():
-    reason = libmtl_oracle.missing_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    libmtl_oracle.skip_unless_installed()
     from fastmtl.compat import libmtl as ours
 
     return ours

@@ -45,9 +45,7 @@ N_TERMS = B * H
 
 @pytest.fixture
 def libmtl():
-    reason = libmtl_oracle.missing_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    libmtl_oracle.skip_unless_installed()
     return libmtl_oracle
 
 
