@@ -635,17 +635,9 @@ def test_three_steps_through_the_optimizer(name, options):
             combined = torch.cat([g.reshape(-1) for g in grads[:len(shared)]])
             head_grads = grads[len(shared):]
         else:
-            G = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, shared, retain_graph=True)])
-                             for loss in losses])
-            combined = fastmtl.aggregate(G, twin, losses=losses)
+            combined = fastmtl.aggregate(tiny_models.task_gradients(losses, shared), twin, losses=losses)
             head_grads = torch.autograd.grad(sum(losses), heads)
-        with torch.no_grad():
-            offset = 0
-            for p in shared:
-                p -= 0.1 * combined[offset: offset + p.numel()].view_as(p)
-                offset += p.numel()
-            for p, g in zip(heads, head_grads):
-                p -= 0.1 * g
+        tiny_models.sgd_step(reference, combined, head_grads, 0.1)
         for a, b in zip(net.parameters(), reference.parameters()):
             assert torch.allclose(a, b, rtol=0, atol=1e-12), (name, step)
     saved = opt.state_dict()["fastmtl"]["groups"][0]["method_state"]

@@ -20,19 +20,9 @@ model, batch = tiny_models.model, tiny_models.batch
 def hand_written_pcgrad_step(net, x, y, lr):
     """Per-task gradients with torch.autograd.grad, the paper's per-vector PCGrad on the shared
     parameters, the plain summed gradient on the heads, then SGD."""
-    shared = list(net.encoder.parameters())
     losses = net.losses(x, y)
-    rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, shared, retain_graph=True)]) for loss in losses]
-    combined = pcgrad_per_vector(torch.stack(rows))
-    heads = list(net.heads.parameters())
-    head_grads = torch.autograd.grad(sum(losses), heads)
-    with torch.no_grad():
-        offset = 0
-        for p in shared:
-            p -= lr * combined[offset : offset + p.numel()].view_as(p)
-            offset += p.numel()
-        for p, g in zip(heads, head_grads):
-            p -= lr * g
+    combined = pcgrad_per_vector(tiny_models.task_gradients(losses, list(net.encoder.parameters())))
+    tiny_models.sgd_step(net, combined, torch.autograd.grad(sum(losses), list(net.heads.parameters())), lr)
 
 
 @pytest.mark.parametrize("impl", ["auto", "torch"])
@@ -319,19 +309,10 @@ def test_every_weighting_method_through_the_optimizer(method):
     opt.zero_grad()
     opt.backward(net.losses(x, y))
     opt.step()
-    shared, heads = list(reference.encoder.parameters()), list(reference.heads.parameters())
     losses = reference.losses(x, y)
-    G = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, shared, retain_graph=True)])
-                     for loss in losses])
-    combined = fastmtl.aggregate(G, method, **options)
-    head_grads = torch.autograd.grad(sum(losses), heads)
-    with torch.no_grad():
-        offset = 0
-        for p in shared:
-            p -= 0.1 * combined[offset : offset + p.numel()].view_as(p)
-            offset += p.numel()
-        for p, g in zip(heads, head_grads):
-            p -= 0.1 * g
+    combined = fastmtl.aggregate(tiny_models.task_gradients(losses, list(reference.encoder.parameters())), method,
+                                 **options)
+    tiny_models.sgd_step(reference, combined, torch.autograd.grad(sum(losses), list(reference.heads.parameters())), 0.1)
     for a, b in zip(net.parameters(), reference.parameters()):
         assert torch.allclose(a, b, atol=1e-10), method
 

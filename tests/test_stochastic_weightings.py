@@ -616,19 +616,9 @@ def test_through_mtl_optimizer(name):
         opt.zero_grad()
         opt.backward(net.losses(x, y))
         opt.step()
-        shared = list(reference.encoder.parameters())
         losses = reference.losses(x, y)
-        G = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, shared, retain_graph=True)])
-                         for loss in losses])
-        d = method(G)
-        heads = torch.autograd.grad(sum(losses), list(reference.heads.parameters()))
-        with torch.no_grad():
-            offset = 0
-            for p in shared:
-                p -= 0.1 * d[offset:offset + p.numel()].view_as(p)
-                offset += p.numel()
-            for p, g in zip(reference.heads.parameters(), heads):
-                p -= 0.1 * g
+        d = method(tiny_models.task_gradients(losses, list(reference.encoder.parameters())))
+        tiny_models.sgd_step(reference, d, torch.autograd.grad(sum(losses), list(reference.heads.parameters())), 0.1)
         for a, b in zip(net.parameters(), reference.parameters()):
             assert torch.allclose(a, b, rtol=0, atol=1e-12), (name, step)
     state = opt.state_dict()

@@ -25,3 +25,20 @@ def batch(seed: int = 0, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return (torch.randn(size, 6, generator=gen, dtype=torch.float64),
             torch.randn(size, 3, generator=gen, dtype=torch.float64))
+
+
+def task_gradients(losses, shared) -> torch.Tensor:
+    """G [T, P]: each loss's gradient of ``shared``, flattened, by torch.autograd.grad."""
+    return torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, shared, retain_graph=True)])
+                        for loss in losses])
+
+
+def sgd_step(net: ThreeHeads, combined: torch.Tensor, head_grads, lr: float) -> None:
+    """The SGD step a reference run takes: ``combined`` [P] on the encoder, ``head_grads`` on the heads."""
+    with torch.no_grad():
+        offset = 0
+        for p in net.encoder.parameters():
+            p -= lr * combined[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+        for p, g in zip(net.heads.parameters(), head_grads):
+            p -= lr * g
